@@ -1,0 +1,6 @@
+"""``python -m agent`` behaves like ``minerwatch``."""
+
+from agent.cli.main import main
+
+if __name__ == "__main__":
+    main()

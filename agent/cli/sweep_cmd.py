@@ -1,0 +1,44 @@
+"""``minerwatch sweep``: one-shot sweep of processes, containers and watched paths.
+
+Exit codes: 0 nothing at or above --min-severity, 1 findings, 2 error.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from agent.model import Severity
+
+LEVELS = ["low", "medium", "high", "critical"]
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of alert objects.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="Configuration file (default /etc/minerwatch/config.toml when it exists).")
+@click.option("--min-severity", type=click.Choice(LEVELS), default=None,
+              help="Report findings at or above this level (default: [detect] alert_severity, medium).")
+def sweep(as_json: bool, config_path: str | None, min_severity: str | None) -> int:
+    """Sweep every process (host and containers), running containers and watched paths."""
+    from agent import alert, config, logging_setup, signatures
+    from agent.report import Reporter
+    from agent.sweep import Sweeper
+
+    logging_setup.configure("warning")
+    cfg = config.load(config_path)
+    sig = signatures.load_bundle(cfg.agent.signatures or None)
+    level = Severity.parse(min_severity) if min_severity else cfg.alert_severity
+    reporter = Reporter(sys.stderr, enabled=not as_json or sys.stderr.isatty())
+    with reporter.progress() as progress:
+        result = Sweeper(cfg, sig).run(progress=progress)
+    shown = [f for f in result.findings if f.severity >= level]
+    if as_json:
+        click.echo(json.dumps([alert.build(f) for f in shown], indent=None, ensure_ascii=False))
+        for note in result.notes:
+            click.echo(f"minerwatch: note: {note}", err=True)
+    else:
+        reporter.print_report(result, shown, level, sys.stdout)
+    return 1 if shown else 0

@@ -1,0 +1,208 @@
+"""Configuration: a frozen tree with embedded defaults, loaded from TOML and validated once.
+
+Every key is optional. An unknown key or a bad value raises ConfigError naming the
+file and the key (``[agent] interval``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.errors import ConfigError
+from agent.model import Severity
+
+DEFAULT_PATH = "/etc/minerwatch/config.toml"
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSection:
+    interval: float = 5.0
+    state_dir: str = "/var/lib/minerwatch"
+    signatures: str = ""
+    proc_root: str = "/proc"
+
+
+@dataclass(frozen=True, slots=True)
+class DockerSection:
+    url: str = "unix:///var/run/docker.sock"
+
+
+@dataclass(frozen=True, slots=True)
+class WatchSection:
+    paths: tuple[str, ...] = ("/tmp", "/var/tmp", "/dev/shm")
+    max_file_mb: int = 128
+
+
+@dataclass(frozen=True, slots=True)
+class DetectSection:
+    alert_severity: str = "medium"
+
+
+@dataclass(frozen=True, slots=True)
+class ImagesSection:
+    allow: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseSection:
+    mode: str = "enforce"
+    pause_severity: str = "critical"
+    protect: tuple[str, ...] = ()
+    stop_host_processes: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AlertsSection:
+    stdout: bool = True
+    file: str = "/var/log/minerwatch/alerts.jsonl"
+    syslog: str = ""
+    webhook: str = ""
+    webhook_secret_file: str = ""
+    dedupe_minutes: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSection:
+    listen: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    agent: AgentSection = field(default_factory=AgentSection)
+    docker: DockerSection = field(default_factory=DockerSection)
+    watch: WatchSection = field(default_factory=WatchSection)
+    detect: DetectSection = field(default_factory=DetectSection)
+    images: ImagesSection = field(default_factory=ImagesSection)
+    response: ResponseSection = field(default_factory=ResponseSection)
+    alerts: AlertsSection = field(default_factory=AlertsSection)
+    metrics: MetricsSection = field(default_factory=MetricsSection)
+    source: str = "<defaults>"
+
+    @property
+    def alert_severity(self) -> Severity:
+        return Severity.parse(self.detect.alert_severity)
+
+
+_SECTIONS: dict[str, type] = {
+    "agent": AgentSection,
+    "docker": DockerSection,
+    "watch": WatchSection,
+    "detect": DetectSection,
+    "images": ImagesSection,
+    "response": ResponseSection,
+    "alerts": AlertsSection,
+    "metrics": MetricsSection,
+}
+
+
+def _check_value(path: str, key: str, value: Any, default: Any) -> Any:
+    """Coerce ``value`` to the type of ``default`` or raise ConfigError naming ``key``."""
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(path, key, f"expected true or false, got {value!r}")
+        return value
+    if isinstance(default, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(path, key, f"expected a number, got {value!r}")
+        if value < 0:
+            raise ConfigError(path, key, f"must not be negative, got {value!r}")
+        if isinstance(default, int) and not float(value).is_integer():
+            raise ConfigError(path, key, f"expected a whole number, got {value!r}")
+        return type(default)(value)
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise ConfigError(path, key, f"expected a string, got {value!r}")
+        return value
+    if isinstance(default, tuple):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(path, key, f"expected a list of strings, got {value!r}")
+        return tuple(value)
+    raise ConfigError(path, key, "unsupported key")  # pragma: no cover - defaults are typed above
+
+
+def _validate(cfg: Config) -> None:
+    """Cross-field and enumerated-value checks; errors name the key."""
+    p = cfg.source
+    if cfg.agent.interval < 0.5:
+        raise ConfigError(p, "[agent] interval", f"must be at least 0.5 seconds, got {cfg.agent.interval}")
+    if not cfg.agent.state_dir.startswith("/"):
+        raise ConfigError(p, "[agent] state_dir", f"must be an absolute path, got {cfg.agent.state_dir!r}")
+    if not cfg.agent.proc_root.startswith("/"):
+        raise ConfigError(p, "[agent] proc_root", f"must be an absolute path, got {cfg.agent.proc_root!r}")
+    if not (cfg.docker.url.startswith(("unix://", "tcp://", "http://", "https://", "ssh://"))):
+        raise ConfigError(p, "[docker] url", f"expected unix://, tcp://, http(s):// or ssh:// URL, got {cfg.docker.url!r}")
+    for watched in cfg.watch.paths:
+        if not watched.startswith("/"):
+            raise ConfigError(p, "[watch] paths", f"must be absolute paths, got {watched!r}")
+    if cfg.watch.max_file_mb < 1:
+        raise ConfigError(p, "[watch] max_file_mb", "must be at least 1")
+    try:
+        Severity.parse(cfg.detect.alert_severity)
+    except ValueError as exc:
+        raise ConfigError(p, "[detect] alert_severity", str(exc)) from None
+    if cfg.response.mode not in ("enforce", "observe"):
+        raise ConfigError(p, "[response] mode", f"expected 'enforce' or 'observe', got {cfg.response.mode!r}")
+    if cfg.response.pause_severity not in ("off", "high", "critical"):
+        raise ConfigError(
+            p, "[response] pause_severity", f"expected 'off', 'high' or 'critical', got {cfg.response.pause_severity!r}"
+        )
+    if cfg.alerts.syslog and not cfg.alerts.syslog.startswith(("udp://", "tcp://", "unix://")):
+        raise ConfigError(p, "[alerts] syslog", f"expected udp://HOST:PORT, tcp://HOST:PORT or unix:///PATH, got {cfg.alerts.syslog!r}")
+    if cfg.alerts.webhook and not cfg.alerts.webhook.startswith(("http://", "https://")):
+        raise ConfigError(p, "[alerts] webhook", f"expected an http(s) URL, got {cfg.alerts.webhook!r}")
+    if cfg.metrics.listen:
+        host, sep, port = cfg.metrics.listen.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(p, "[metrics] listen", f"expected HOST:PORT, got {cfg.metrics.listen!r}")
+
+
+def from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
+    """Build a validated Config from parsed TOML data."""
+    sections: dict[str, Any] = {}
+    for name, value in data.items():
+        if name not in _SECTIONS:
+            raise ConfigError(source, f"[{name}]", f"unknown section (known: {', '.join(_SECTIONS)})")
+        if not isinstance(value, dict):
+            raise ConfigError(source, f"[{name}]", "expected a table")
+        cls = _SECTIONS[name]
+        defaults = cls()
+        known = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {}
+        for key, raw in value.items():
+            label = f"[{name}] {key}"
+            if key not in known:
+                raise ConfigError(source, label, f"unknown key (known: {', '.join(sorted(known))})")
+            kwargs[key] = _check_value(source, label, raw, getattr(defaults, key))
+        sections[name] = cls(**kwargs)
+    cfg = Config(**sections, source=source)
+    _validate(cfg)
+    return cfg
+
+
+def load(path: str | os.PathLike[str] | None = None) -> Config:
+    """Load the configuration.
+
+    ``path=None`` reads the default path when it exists and otherwise uses the
+    embedded defaults; an explicit path must exist.
+    """
+    if path is None:
+        if not Path(DEFAULT_PATH).exists():
+            return Config()
+        path = DEFAULT_PATH
+    source = str(path)
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(source, "", f"cannot read: {exc.strerror or exc}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(source, "", f"not UTF-8 text: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, "", f"invalid TOML: {exc}") from None
+    return from_dict(data, source)

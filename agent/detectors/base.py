@@ -1,0 +1,36 @@
+"""What every detector receives, and the shape it must have.
+
+A detector is a module with ``ID``, ``VERSION``, ``TITLE`` and a pure function
+``detect(subject, ctx) -> list[Evidence]``. No I/O, no clock, no globals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from agent.model import ContainerInfo, Evidence
+from agent.signatures import Signatures
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """Read-only facts a detector may use beside its subject."""
+
+    signatures: Signatures
+    container: ContainerInfo | None = None
+    image_allow: tuple[str, ...] = ()
+    # ip -> pool domain, from the resolver cache at the edge (may be empty)
+    pool_ips: dict[str, str] = field(default_factory=dict)
+
+
+class Detector(Protocol):
+    ID: str
+    VERSION: int
+    TITLE: str
+
+    def detect(self, subject, ctx: Context) -> list[Evidence]: ...  # pragma: no cover
+
+
+def rule_id(module) -> str:
+    return f"{module.ID}@{module.VERSION}"

@@ -1,0 +1,86 @@
+"""Command line, miner config file, miner environment and miner names of a process."""
+
+from __future__ import annotations
+
+from agent.detectors.base import Context
+from agent.detectors.pool_urls import cmdline_urls, parse_endpoint
+from agent.model import Evidence, ProcessSnapshot
+
+ID = "cmdline"
+VERSION = 1
+TITLE = "Cryptominer command line or configuration"
+
+_RULE = f"{ID}@{VERSION}"
+_MAX_DETAIL = 200
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _MAX_DETAIL else text[:_MAX_DETAIL] + "..."
+
+
+def _command_line(proc: ProcessSnapshot, ctx: Context) -> list[Evidence]:
+    line = proc.command_line
+    out: list[Evidence] = []
+    for pat in ctx.signatures.cmdline_patterns:
+        m = pat.regex.search(line)
+        if m:
+            out.append(Evidence("cmdline", f"{pat.name}: {_clip(m.group(0))!r}", pat.weight, _RULE))
+    for url in cmdline_urls(proc.cmdline):
+        ep = parse_endpoint(url)
+        if ep and "://" not in url:  # stratum URLs are matched by the bundle's patterns above
+            out.append(Evidence("cmdline", f"scheme-less pool URL on the command line: {_clip(url)!r}", 25, _RULE))
+        if ep and (entry := ctx.signatures.pool_domain(ep[0])):
+            out.append(
+                Evidence("cmdline", f"known pool domain {ep[0]} on the command line; source: {entry.source}", 40, _RULE,
+                         destination=("", ep[1], ep[0]))
+            )
+    for pat in ctx.signatures.wallet_patterns:
+        m = pat.regex.search(line)
+        if m:
+            out.append(Evidence("cmdline", f"{pat.name} wallet address {_clip(m.group(0))!r}", pat.weight, _RULE))
+            break
+    return out
+
+
+def _config(proc: ProcessSnapshot, ctx: Context) -> list[Evidence]:
+    cfg = proc.miner_config
+    if cfg is None:
+        return []
+    out: list[Evidence] = []
+    if cfg.pools:
+        out.append(Evidence("config", f"miner config {cfg.path} names pool(s) {_clip(', '.join(cfg.pools))}", 35, _RULE))
+        for url in cfg.pools:
+            ep = parse_endpoint(url)
+            if ep and (entry := ctx.signatures.pool_domain(ep[0])):
+                out.append(Evidence("config", f"known pool domain {ep[0]} in {cfg.path}; source: {entry.source}", 40, _RULE,
+                                    destination=("", ep[1], ep[0])))
+                break
+    elif cfg.keys:
+        out.append(Evidence("config", f"miner config {cfg.path} has miner keys {', '.join(cfg.keys)}", 20, _RULE))
+    for user in cfg.users:
+        for pat in ctx.signatures.wallet_patterns:
+            if pat.regex.search(user):
+                out.append(Evidence("config", f"{pat.name} wallet address in {cfg.path}", pat.weight, _RULE))
+                return out
+    return out
+
+
+def _environment(proc: ProcessSnapshot, ctx: Context) -> list[Evidence]:
+    names = [k for k, _ in proc.environ if k.upper() in ctx.signatures.env_vars]
+    if not names:
+        return []
+    weight = min(10 * len(names), 30)
+    return [Evidence("environment", f"miner environment variable(s) {', '.join(sorted(names))}", weight, _RULE)]
+
+
+def _names(proc: ProcessSnapshot, ctx: Context) -> list[Evidence]:
+    argv0 = proc.cmdline[0].rsplit("/", 1)[-1] if proc.cmdline else ""
+    for candidate in dict.fromkeys(n.lower() for n in (proc.exe_name, argv0, proc.name) if n):
+        entry = ctx.signatures.miner_names.get(candidate)
+        if entry is not None:
+            return [Evidence("name", f"process named like a miner: {candidate!r}; source: {entry.source}", 30, _RULE)]
+    return []
+
+
+def detect(proc: ProcessSnapshot, ctx: Context) -> list[Evidence]:
+    return _command_line(proc, ctx) + _config(proc, ctx) + _environment(proc, ctx) + _names(proc, ctx)

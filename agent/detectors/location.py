@@ -1,0 +1,54 @@
+"""Where the executable lives, and names that pretend to be something else."""
+
+from __future__ import annotations
+
+import re
+
+from agent.detectors.base import Context
+from agent.model import Evidence, ProcessSnapshot
+
+ID = "location"
+VERSION = 1
+TITLE = "Suspicious executable location or masquerade"
+
+_RULE = f"{ID}@{VERSION}"
+_TEMP_DIRS = ("/tmp/", "/var/tmp/", "/dev/shm/", "/run/shm/")
+# Names the kernel gives its own threads; a process with an executable file never has them.
+_KERNEL_THREAD_NAME = re.compile(
+    r"^\[?(?:"
+    r"(?:kworker|ksoftirqd|migration|watchdog|cpuhp|irq|idle_inject|jbd2|scsi_eh|kblockd)/[\w:.+-]*"
+    r"|kworker|kthreadd|kswapd\d+|khugepaged|kcompactd\d+|kdevtmpfs|oom_reaper|kauditd|khungtaskd"
+    r"|rcu_(?:sched|bh|preempt|gp|par_gp|tasks\w*)|ksmd|kthrotld|writeback|netns|kintegrityd"
+    r")\]?$"
+)
+
+# Daemon names miners borrow; the real ones always run from the system directories.
+_SYSTEM_NAMES = frozenset({
+    "systemd", "systemd-journal", "systemd-journald", "systemd-logind", "systemd-udevd", "sshd", "cron", "crond",
+    "rsyslogd", "dbus-daemon", "containerd", "dockerd", "init", "kthreadd", "agetty", "polkitd", "udevd",
+})
+_SYSTEM_DIRS = ("/usr/", "/bin/", "/sbin/", "/lib/", "/lib64/", "/opt/")
+
+
+def detect(proc: ProcessSnapshot, ctx: Context) -> list[Evidence]:
+    out: list[Evidence] = []
+    if proc.is_kernel_thread:
+        return out
+    if proc.exe.startswith(_TEMP_DIRS):
+        out.append(Evidence("location", f"executable runs from a temporary directory: {proc.exe}", 10, _RULE, strong=False))
+    if proc.exe_deleted:
+        out.append(Evidence("location", f"executable {proc.exe} was deleted after it started", 15, _RULE, strong=False))
+    if proc.exe:
+        argv0 = proc.cmdline[0] if proc.cmdline else ""
+        for shown in dict.fromkeys((proc.name, argv0)):
+            if shown and _KERNEL_THREAD_NAME.match(shown):
+                out.append(
+                    Evidence("masquerade", f"kernel-thread name {shown!r} on a process running {proc.exe}", 35, _RULE)
+                )
+                break
+        else:
+            if proc.name in _SYSTEM_NAMES and not proc.exe.startswith(_SYSTEM_DIRS):
+                out.append(
+                    Evidence("masquerade", f"system daemon name {proc.name!r} on {proc.exe}, outside the system directories", 25, _RULE)
+                )
+    return out

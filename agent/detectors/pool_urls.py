@@ -1,0 +1,54 @@
+"""Pure helpers: which pool endpoints does a process name on its command line or in its config?"""
+
+from __future__ import annotations
+
+import re
+
+from agent.model import ProcessSnapshot
+
+_URL_FLAGS = ("-o", "--url")
+_SCHEME = re.compile(r"^(?:stratum\d?\+(?:tcp|ssl|tls)|stratum|ssl|tcp)://", re.IGNORECASE)
+_HOSTPORT = re.compile(r"^\[?(?P<host>[A-Za-z0-9._:-]+?)\]?:(?P<port>\d{1,5})(?:/.*)?$")
+_STRATUM_ANYWHERE = re.compile(r"stratum\d?\+(?:tcp|ssl|tls)://[^\s\"',]+", re.IGNORECASE)
+
+
+def parse_endpoint(url: str) -> tuple[str, int] | None:
+    """``stratum+tcp://host:port`` or ``host:port`` -> (host, port); None if it is not one."""
+    text = _SCHEME.sub("", url.strip())
+    if "@" in text:  # user:pass@host:port
+        text = text.rsplit("@", 1)[1]
+    m = _HOSTPORT.match(text)
+    if not m:
+        return None
+    port = int(m.group("port"))
+    if not 0 < port < 65536:
+        return None
+    return m.group("host").lower(), port
+
+
+def cmdline_urls(argv: tuple[str, ...]) -> list[str]:
+    """Pool URLs given by ``-o URL``, ``--url=URL``, ``-oURL`` or any ``stratum+...://`` word."""
+    urls: list[str] = []
+    for i, arg in enumerate(argv):
+        for flag in _URL_FLAGS:
+            if arg == flag and i + 1 < len(argv):
+                urls.append(argv[i + 1])
+            elif arg.startswith(flag + "="):
+                urls.append(arg[len(flag) + 1 :])
+        urls.extend(_STRATUM_ANYWHERE.findall(arg))
+    return list(dict.fromkeys(urls))
+
+
+def pool_endpoints(proc: ProcessSnapshot) -> list[tuple[str, int, str]]:
+    """Every (host, port, where) the process is configured to mine against."""
+    found: list[tuple[str, int, str]] = []
+    for url in cmdline_urls(proc.cmdline):
+        ep = parse_endpoint(url)
+        if ep:
+            found.append((ep[0], ep[1], "command line"))
+    if proc.miner_config:
+        for url in proc.miner_config.pools:
+            ep = parse_endpoint(url)
+            if ep:
+                found.append((ep[0], ep[1], f"config {proc.miner_config.path}"))
+    return found

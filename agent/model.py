@@ -1,0 +1,212 @@
+"""Plain data shared by collectors, detectors, the engine and the sinks.
+
+Collectors produce frozen snapshots; detectors read them and return evidence;
+the engine turns evidence into findings. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class Severity(enum.IntEnum):
+    """Finding severity; the int value is the ECS ``event.severity`` number."""
+
+    NONE = 0
+    LOW = 21
+    MEDIUM = 47
+    HIGH = 73
+    CRITICAL = 99
+
+    @property
+    def word(self) -> str:
+        return self.name.lower()
+
+    @classmethod
+    def parse(cls, word: str) -> "Severity":
+        """Turn ``low|medium|high|critical`` into a Severity; ValueError otherwise."""
+        try:
+            sev = cls[word.strip().upper()]
+        except KeyError:
+            raise ValueError(f"unknown severity {word!r} (low, medium, high, critical)") from None
+        if sev is cls.NONE:
+            raise ValueError("severity 'none' is not a level")
+        return sev
+
+
+@dataclass(frozen=True, slots=True)
+class Hashes:
+    """Digests of one file, all computed from the same read."""
+
+    sha256: str
+    sha1: str
+    md5: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class Connection:
+    """One TCP socket of a process, as read in the process's own network namespace."""
+
+    local_ip: str
+    local_port: int
+    remote_ip: str
+    remote_port: int
+    state: str  # "ESTABLISHED", "SYN_SENT", ...
+    inode: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class MinerConfig:
+    """A miner configuration file found for a process (xmrig-style ``config.json``)."""
+
+    path: str
+    pools: tuple[str, ...] = ()  # pool URLs found in it
+    users: tuple[str, ...] = ()  # wallet / user strings found in it
+    keys: tuple[str, ...] = ()  # miner-specific top-level keys seen (randomx, cpu, donate-level...)
+
+
+@dataclass(frozen=True, slots=True)
+class YaraHit:
+    """One YARA rule that matched a file or a process's memory."""
+
+    rule: str
+    namespace: str = ""
+    source: str = "file"  # "file" or "memory"
+    category: str = "miner"  # from the rule's meta: "miner", "packer", ...
+    weight: int = 0  # from the rule's meta
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessSnapshot:
+    """Everything the detectors may know about one process at one moment.
+
+    Fields that could not be read stay empty and their names go to ``partial``;
+    a missing field never means "clean".
+    """
+
+    pid: int
+    ppid: int = 0
+    name: str = ""  # comm
+    exe: str = ""  # readlink of /proc/PID/exe, " (deleted)" stripped
+    exe_deleted: bool = False
+    cmdline: tuple[str, ...] = ()
+    cwd: str = ""
+    uid: int | None = None
+    user: str = ""
+    start_ticks: int = 0  # field 22 of /proc/PID/stat: identity guard against PID reuse
+    num_threads: int = 0
+    is_kernel_thread: bool = False
+    environ: tuple[tuple[str, str], ...] = ()  # only miner-relevant variables
+    hashes: Hashes | None = None
+    container_id: str = ""  # 64-hex id from the cgroup path, "" on the host
+    container_runtime: str = ""  # docker, containerd, cri-o, podman
+    cgroup_path: str = ""
+    net_ns: int = 0  # inode of /proc/PID/ns/net
+    connections: tuple[Connection, ...] = ()
+    miner_config: MinerConfig | None = None
+    partial: tuple[str, ...] = ()  # names of fields that could not be read
+    yara: tuple[YaraHit, ...] = ()  # filled in by the YARA scanner after collection
+
+    @property
+    def command_line(self) -> str:
+        return " ".join(self.cmdline)
+
+    @property
+    def exe_name(self) -> str:
+        return self.exe.rsplit("/", 1)[-1] if self.exe else ""
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerInfo:
+    """A container as the runtime describes it."""
+
+    id: str
+    name: str = ""
+    image: str = ""  # image reference as the container was created with (e.g. "thanhtudo/openjdk:latest")
+    image_id: str = ""
+    runtime: str = "docker"
+    labels: tuple[tuple[str, str], ...] = ()
+    entrypoint: tuple[str, ...] = ()
+    command: tuple[str, ...] = ()
+    env: tuple[str, ...] = ()  # "KEY=VALUE" strings from the container config
+    pid: int = 0  # host PID of the init process
+    upper_dir: str = ""  # writable layer on the host, when known
+    paused: bool = False
+
+    def label(self, key: str) -> str | None:
+        for k, v in self.labels:
+            if k == key:
+                return v
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class FileSnapshot:
+    """A file seen on disk (watched path, writable layer, image layer)."""
+
+    path: str
+    size: int
+    mode: int
+    hashes: Hashes | None = None
+    is_elf: bool = False
+    is_script: bool = False
+    container_id: str = ""
+    layer: str = ""  # image layer id for scan-image; "" otherwise
+    hidden: bool = False  # deleted by a later image layer
+    head: bytes = b""  # first bytes, for cheap checks
+    partial: tuple[str, ...] = ()
+    yara: tuple[YaraHit, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """One observation pointing at mining.
+
+    ``signal`` is the detector family (``hash``, ``yara``, ``cmdline``, ``config``,
+    ``environment``, ``network``, ``behaviour``, ``location``, ``masquerade``, ``image``),
+    ``detail`` says what was seen, ``weight`` is its contribution to the score.
+    ``floor`` lifts the finding to at least that severity (a known-bad hash is critical
+    on its own); ``ceiling`` caps what this evidence may justify when it stands alone.
+    """
+
+    signal: str
+    detail: str
+    weight: int
+    rule: str = ""  # detector id@version that produced it
+    floor: Severity = Severity.NONE
+    strong: bool = True  # False: weak signal; weak signals alone never exceed LOW
+    destination: tuple[str, int, str] | None = None  # (ip, port, domain)
+
+    def as_dict(self) -> dict:
+        return {"signal": self.signal, "detail": self.detail, "weight": self.weight}
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseRecord:
+    """What the agent did (or would do) about a finding."""
+
+    action: str = "none"  # none, pause, freeze, stop, would-pause, ...
+    result: str = "skipped"  # done, failed, skipped, dry-run
+    reason: str = ""
+
+    def as_dict(self) -> dict:
+        return {"action": self.action, "result": self.result, "reason": self.reason}
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """Evidence about one subject (a process, a file or a container), scored."""
+
+    finding_id: str
+    severity: Severity
+    score: int
+    rule_name: str
+    evidence: tuple[Evidence, ...]
+    process: ProcessSnapshot | None = None
+    container: ContainerInfo | None = None
+    file: FileSnapshot | None = None
+    response: ResponseRecord = field(default_factory=ResponseRecord)
+    category: tuple[str, ...] = ("process", "malware")

@@ -1,0 +1,78 @@
+"""The human sweep report: progress while it works, then a table and a summary."""
+
+from __future__ import annotations
+
+import contextlib
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.table import Table
+from rich.text import Text
+
+from agent.model import Finding, Severity
+
+_STYLE = {Severity.CRITICAL: "bold red", Severity.HIGH: "red", Severity.MEDIUM: "yellow", Severity.LOW: "cyan"}
+
+
+class Reporter:
+    def __init__(self, stream, enabled: bool = True) -> None:
+        self.console = Console(file=stream, stderr=True)
+        self.enabled = enabled and self.console.is_terminal
+
+    @contextlib.contextmanager
+    def progress(self):
+        """Yields a ``(stage, done, total)`` callback; shows a bar only on a terminal."""
+        if not self.enabled:
+            yield None
+            return
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      console=self.console, transient=True) as bar:
+            tasks: dict[str, int] = {}
+
+            def update(stage: str, done: int, total: int) -> None:
+                if stage not in tasks:
+                    tasks[stage] = bar.add_task(f"sweeping {stage}", total=total)
+                bar.update(tasks[stage], completed=done, total=total)
+
+            yield update
+
+    def print_report(self, result, shown: list[Finding], level: Severity, stream) -> None:
+        out = Console(file=stream, highlight=False, soft_wrap=False)
+        if shown:
+            table = Table(title=f"minerwatch sweep: {len(shown)} finding(s) at or above {level.word}", show_lines=True)
+            for col in ("severity", "score", "where", "process / file", "evidence"):
+                table.add_column(col, overflow="fold")
+            for f in shown:
+                # Untrusted text (command lines, paths) goes in as Text, never as markup.
+                table.add_row(Text(f.severity.word, style=_STYLE[f.severity]), str(f.score), Text(_where(f)),
+                              Text(_what(f)), Text("\n".join(f"{e.signal}: {e.detail}" for e in f.evidence[:6])))
+            out.print(table)
+        else:
+            out.print(f"minerwatch sweep: nothing at or above {level.word}")
+        below = len(result.findings) - len(shown)
+        out.print(
+            f"{result.processes} processes, {result.containers} containers, {result.files} files checked in "
+            f"{result.duration_s:.2f} s; {below} finding(s) below {level.word}; "
+            f"{result.partial_processes} processes partly unreadable"
+        )
+        for note in result.notes:
+            out.print(Text(f"note: {note}"))
+
+
+def _where(f: Finding) -> str:
+    if f.container is not None:
+        name = f.container.name or f.container.id[:12]
+        image = f" ({f.container.image})" if f.container.image else ""
+        return f"container {name}{image}"
+    return "host"
+
+
+def _what(f: Finding) -> str:
+    if f.process is not None:
+        p = f.process
+        cmd = p.command_line
+        cmd = cmd if len(cmd) <= 80 else cmd[:77] + "..."
+        return f"pid {p.pid} {p.exe or p.name}\n{cmd}"
+    if f.file is not None:
+        return f.file.path
+    return f.container.image if f.container else ""

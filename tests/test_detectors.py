@@ -1,0 +1,153 @@
+"""Pure detectors on plain snapshots: one behaviour per test."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.detectors import cmdline, image_policy, location, network
+from agent.detectors.base import Context
+from agent.detectors.pool_urls import cmdline_urls, parse_endpoint, pool_endpoints
+from agent.model import Connection, ContainerInfo, MinerConfig, ProcessSnapshot
+
+from tests.sigfixtures import SIGS, WALLET
+
+CTX = Context(SIGS)
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("stratum+tcp://pool.minexmr.com:4444", ("pool.minexmr.com", 4444)),
+        ("stratum+ssl://127.0.0.1:443", ("127.0.0.1", 443)),
+        ("stratum2+tcp://user:pw@host.example:3333", ("host.example", 3333)),
+        ("pool.supportxmr.com:443", ("pool.supportxmr.com", 443)),
+        ("out.o", None),
+        ("/tmp/file", None),
+        ("host:99999", None),
+    ],
+)
+def test_parse_endpoint(url, expected):
+    """Pool URLs with and without schemes parse to (host, port); other words do not."""
+    assert parse_endpoint(url) == expected
+
+
+def test_cmdline_urls_reads_flags_and_stratum_words():
+    """-o URL, --url=URL and bare stratum words are all found."""
+    argv = ("m", "-o", "a:1", "--url=b:2", "x=stratum+tcp://c:3")
+    assert cmdline_urls(argv) == ["a:1", "b:2", "stratum+tcp://c:3"]
+
+
+def test_pool_endpoints_include_config_pools():
+    """Pools named in a miner config count as configured endpoints."""
+    proc = ProcessSnapshot(pid=1, miner_config=MinerConfig("/c.json", pools=("stratum+ssl://p.example:443",)))
+    assert pool_endpoints(proc) == [("p.example", 443, "config /c.json")]
+
+
+def test_cmdline_finds_stratum_wallet_and_known_domain():
+    """A stratum URL to a known pool domain and a Monero wallet all count."""
+    proc = ProcessSnapshot(pid=1, cmdline=("m", "-o", "stratum+tcp://xmr.minexmr.com:4444", "-u", WALLET))
+    details = [e.detail for e in cmdline.detect(proc, CTX)]
+    assert any("stratum URL" in d for d in details)
+    assert any("known pool domain xmr.minexmr.com" in d for d in details)
+    assert any("Monero wallet" in d for d in details)
+
+
+def test_cmdline_ignores_lookalike_domain_suffix():
+    """notminexmr.com is not a subdomain of minexmr.com."""
+    proc = ProcessSnapshot(pid=1, cmdline=("m", "-o", "notminexmr.com:4444"))
+    assert not any("known pool domain" in e.detail for e in cmdline.detect(proc, CTX))
+
+
+def test_environment_variables_count():
+    """Miner variables in the environment are evidence, ordinary ones are not."""
+    proc = ProcessSnapshot(pid=1, environ=(("POOL_URL", "x"), ("HOME", "/root")))
+    (e,) = cmdline.detect(proc, CTX)
+    assert e.signal == "environment" and "POOL_URL" in e.detail and "HOME" not in e.detail
+
+
+def test_network_bare_stratum_port_is_weak():
+    """A connection to port 3333 with nothing else is weak evidence."""
+    proc = ProcessSnapshot(pid=1, connections=(Connection("10.0.0.2", 5000, "127.0.0.1", 3333, "ESTABLISHED"),))
+    (e,) = network.detect(proc, CTX)
+    assert not e.strong and e.destination == ("127.0.0.1", 3333, "")
+
+
+def test_network_ignores_listening_and_closed_sockets():
+    """Only live outgoing connections count."""
+    proc = ProcessSnapshot(pid=1, connections=(Connection("0.0.0.0", 3333, "0.0.0.0", 0, "LISTEN"),
+                                               Connection("127.0.0.1", 1, "127.0.0.1", 3333, "TIME_WAIT")))
+    assert network.detect(proc, CTX) == []
+
+
+def test_network_connection_to_configured_pool_on_443():
+    """Port 443 is suspicious only when it is the pool port the process was configured with."""
+    conn = (Connection("127.0.0.1", 5000, "127.0.0.1", 443, "ESTABLISHED"),)
+    plain = ProcessSnapshot(pid=1, connections=conn)
+    assert network.detect(plain, CTX) == []
+    miner = ProcessSnapshot(pid=1, connections=conn, cmdline=("w", "-o", "pool.example:443"))
+    (e,) = network.detect(miner, CTX)
+    assert e.strong and e.destination == ("127.0.0.1", 443, "pool.example")
+
+
+def test_network_uses_resolved_pool_addresses():
+    """An address the resolver knows as a pool's is strong evidence with its domain."""
+    ctx = Context(SIGS, pool_ips={"127.0.0.9": "pool.supportxmr.com"})
+    proc = ProcessSnapshot(pid=1, connections=(Connection("127.0.0.1", 5000, "127.0.0.9", 443, "ESTABLISHED"),))
+    (e,) = network.detect(proc, ctx)
+    assert e.destination == ("127.0.0.9", 443, "pool.supportxmr.com")
+
+
+@pytest.mark.parametrize("name", ["kworker/0:1", "[kworker/1:2-events]", "kthreadd", "ksoftirqd/0"])
+def test_kernel_thread_name_on_a_real_executable_is_masquerade(name):
+    """A process with an executable and a kernel-thread name is masquerading."""
+    proc = ProcessSnapshot(pid=1, exe="/tmp/.x/kw", name=name[:15], cmdline=(name,))
+    assert any(e.signal == "masquerade" for e in location.detect(proc, CTX))
+
+
+def test_real_kernel_threads_are_left_alone():
+    """A real kernel thread (no executable, PF_KTHREAD) is not evidence."""
+    proc = ProcessSnapshot(pid=2, name="kworker/0:1", is_kernel_thread=True)
+    assert location.detect(proc, CTX) == []
+
+
+def test_system_daemon_name_outside_system_dirs():
+    """systemd-journal running from /dev/shm is masquerading; from /usr/lib it is not."""
+    fake = ProcessSnapshot(pid=1, exe="/dev/shm/systemd-journal", name="systemd-journal")
+    real = ProcessSnapshot(pid=1, exe="/usr/lib/systemd/systemd-journald", name="systemd-journal")
+    assert any(e.signal == "masquerade" for e in location.detect(fake, CTX))
+    assert location.detect(real, CTX) == []
+
+
+def test_temp_and_deleted_executables_are_weak():
+    """Running from /tmp or a deleted file is weak evidence only."""
+    proc = ProcessSnapshot(pid=1, exe="/tmp/a.out", exe_deleted=True, name="a.out")
+    evs = location.detect(proc, CTX)
+    assert len(evs) == 2 and not any(e.strong for e in evs)
+
+
+@pytest.mark.parametrize(
+    ("image", "lookalike"),
+    [("thieunutre/golang", True), ("someone/openjkd:1", True), ("golang:1.22", False), ("library/openjdk:17", False),
+     ("myregistry.local/team/service:1", False)],
+)
+def test_image_lookalike(image, lookalike):
+    """Official names from other namespaces (or one edit away) are look-alikes."""
+    c = ContainerInfo(id="x", image=image)
+    found = any("imitates" in e.detail for e in image_policy.detect(c, Context(SIGS, container=c)))
+    assert found is lookalike
+
+
+def test_image_allow_list():
+    """Images outside a configured allow list are flagged; inside they are not."""
+    allow = ("docker.io/library/*", "ghcr.io/acme")
+    ok = ContainerInfo(id="x", image="ghcr.io/acme/api:2")
+    bad = ContainerInfo(id="y", image="quay.io/other/api:2")
+    assert image_policy.detect(ok, Context(SIGS, image_allow=allow)) == []
+    assert any("allow list" in e.detail for e in image_policy.detect(bad, Context(SIGS, image_allow=allow)))
+
+
+def test_image_env_with_stratum_url():
+    """A stratum URL or pool variables in the container config are image evidence."""
+    c = ContainerInfo(id="x", image="busybox", env=("POOL_URL=stratum+tcp://127.0.0.1:3333",))
+    details = " ".join(e.detail for e in image_policy.detect(c, Context(SIGS)))
+    assert "stratum" in details and "POOL_URL" in details
