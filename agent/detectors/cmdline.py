@@ -66,7 +66,7 @@ def _config(proc: ProcessSnapshot, ctx: Context) -> list[Evidence]:
 
 
 def _environment(proc: ProcessSnapshot, ctx: Context) -> list[Evidence]:
-    names = [k for k, _ in proc.environ if k.upper() in ctx.signatures.env_vars]
+    names = [k for k, _ in proc.environ if ctx.signatures.env_var(k.upper()) is not None]
     if not names:
         return []
     weight = min(10 * len(names), 30)
@@ -77,6 +77,9 @@ def _names(proc: ProcessSnapshot, ctx: Context) -> list[Evidence]:
     argv0 = proc.cmdline[0].rsplit("/", 1)[-1] if proc.cmdline else ""
     for candidate in dict.fromkeys(n.lower() for n in (proc.exe_name, argv0, proc.name) if n):
         entry = ctx.signatures.miner_names.get(candidate)
+        if entry is None and candidate == proc.name.lower() and len(candidate) == 15:
+            # comm is cut to 15 characters: "xmrig-notls-6.2" still names a miner
+            entry = next((e for n, e in ctx.signatures.miner_names.items() if n[:15] == candidate), None)
         if entry is not None:
             return [Evidence("name", f"process named like a miner: {candidate!r}; source: {entry.source}", 30, _RULE)]
     return []

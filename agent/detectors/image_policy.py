@@ -100,7 +100,7 @@ def detect(container: ContainerInfo, ctx: Context) -> list[Evidence]:
         if m := pat.regex.search(config_text):
             out.append(Evidence("image", f"container config: {pat.name}: {m.group(0)[:120]!r}", min(pat.weight, 40), _RULE))
             break
-    env_names = sorted({e.split("=", 1)[0] for e in container.env if e.split("=", 1)[0].upper() in sig.env_vars})
+    env_names = sorted({e.split("=", 1)[0] for e in container.env if sig.env_var(e.split("=", 1)[0].upper()) is not None})
     if env_names:
         out.append(Evidence("image", f"container environment sets miner variable(s) {', '.join(env_names)}", 20, _RULE))
     return out

@@ -1,0 +1,67 @@
+/*
+ * XMRig family. Authored by minerwatch from strings observed in XMRig 6.26.0 builds and its
+ * source (xmrig/xmrig b2ca724, GPL-3.0); the strings are facts, the rules are ours.
+ *
+ * meta keys (all rules in the bundle): description, source, weight (1-100),
+ * category (miner | miner-suspect | packer), tier (stable | incubating | sandbox),
+ * scope (file | memory | any: what the rule is written for).
+ *
+ * Every active rule fires only on an ELF file or in process memory (where uint32(0) is
+ * undefined), never on text: rule files, documentation and test sources that quote these
+ * strings must not look like miners.
+ */
+
+rule MW_XMRig_ELF
+{
+    meta:
+        description = "XMRig miner executable: ELF file with several XMRig-only strings"
+        source = "xmrig-observed (strings of an unpacked XMRig 6.26.0 build); xmrig-src DonateStrategy.cpp, Platform_unix.cpp"
+        weight = 100
+        category = "miner"
+        tier = "stable"
+        scope = "file"
+
+    strings:
+        $name = "XMRig" fullword
+        $donate_v2 = "donate.v2.xmrig.com"
+        $donate_ssl = "donate.ssl.xmrig.com"
+        $agent_fmt = "%s/%s (Linux "
+        $agent_old = "XMRig/%s libuv/%s"
+        $opt_donate = "--donate-level="
+        $opt_rxmode = "--randomx-mode="
+        $algo_cnr = "cryptonight/r"
+        $config = ".config/xmrig.json"
+        $env_exe = "XMRIG_EXE"
+        $wizard = "xmrig.com/wizard"
+
+    condition:
+        uint32(0) == 0x464c457f and 3 of them
+}
+
+rule MW_XMRig_Memory
+{
+    meta:
+        description = "XMRig miner in process memory (also catches packed builds once unpacked); process scans only (MW_XMRig_ELF covers files)"
+        source = "xmrig-observed (these strings appear in the memory of a running UPX-packed XMRig 6.26.0)"
+        weight = 100
+        category = "miner"
+        tier = "stable"
+        scope = "memory"
+
+    strings:
+        $donate_v2 = "donate.v2.xmrig.com"
+        $donate_ssl = "donate.ssl.xmrig.com"
+        $agent_fmt = "%s/%s (Linux "
+        $agent_old = "XMRig/%s libuv/%s"
+        $opt_donate = "--donate-level="
+        $opt_rxmode = "--randomx-mode="
+        $algo_cnr = "cryptonight/r"
+        $config = ".config/xmrig.json"
+        $env_exe = "XMRIG_EXE"
+        $wizard = "xmrig.com/wizard"
+
+    condition:
+        // Process scans only: there offset 0 is unmapped, so uint32(0) is undefined. In a
+        // file scan it is defined, so text (docs, this file) never matches.
+        not defined uint32(0) and 4 of them
+}

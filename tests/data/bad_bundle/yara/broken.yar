@@ -1,0 +1,7 @@
+rule MW_Broken
+{
+    meta:
+        description = "broken on purpose"
+    condition:
+        filesize > and true
+}
