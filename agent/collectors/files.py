@@ -59,7 +59,10 @@ def snapshot_file(path: str, cache: HashCache, max_bytes: int, *, container_id: 
     if st.st_size > max_bytes:
         partial = ("hashes",)
     else:
-        hashes = hash_path(path, cache, max_bytes, root=root)
+        try:
+            hashes = hash_path(path, cache, max_bytes, root=root)
+        except OSError:  # removed or made unreadable since the lstat: unknown, not clean
+            hashes = None
         if hashes is None:
             partial = ("hashes",)
     return FileSnapshot(path=path, size=st.st_size, mode=st.st_mode, hashes=hashes, is_elf=is_elf,

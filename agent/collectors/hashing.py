@@ -1,0 +1,407 @@
+"""SHA-256, SHA-1 and MD5 of a file from one read, a bounded cache, and safe ways to open files.
+
+Safety rules for everything that opens a file here:
+
+* never open a FIFO, socket or device: ``stat`` first, open with ``O_NONBLOCK`` (a FIFO
+  that slipped through cannot block), then ``fstat`` the descriptor and insist on
+  ``S_ISREG``;
+* never follow a symlink in a path we were handed (``O_NOFOLLOW``, and ``open_beneath``
+  for paths that must stay inside a root such as a container's file system);
+* never read more than ``max_bytes``.
+
+``/proc/PID/exe`` is the one link we do follow: the kernel resolves it to the very file the
+process executes, also when that file was deleted or lives in a container.
+
+Large files are hashed by two threads on the same buffers: the reading thread updates
+SHA-256 and SHA-1 while a helper updates MD5 on the previous buffer (hashlib releases the
+GIL for large updates). See ``bench/hash_throughput.py`` for the figures.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import queue
+import stat
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import BinaryIO
+
+from agent.model import Hashes
+
+CHUNK = 1 << 20  # bytes per read
+PARALLEL_MIN = 4 << 20  # files at least this big are hashed by two threads
+_BUFFERS = 3  # buffers in flight in the two-thread pipeline
+
+SETTLE_NS = 1_000_000_000  # a file changed less than this long ago may change again within its timestamp tick
+_NOATIME = getattr(os, "O_NOATIME", 0)
+# Directories are only walked through, never listed: O_PATH needs no read permission on them.
+DIR_FLAGS = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_CLOEXEC
+_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0)
+
+CacheKey = tuple[int, int, int, int, int]
+
+
+class FileTooLarge(ValueError):
+    """The file grew past the byte limit while it was being read."""
+
+
+class Refused(OSError):
+    """A path was refused by policy; ``reason`` is ``symlink``, ``not_regular`` or ``outside_root``."""
+
+    def __init__(self, reason: str, path) -> None:
+        super().__init__(f"{reason}: {os.fsdecode(path)}")
+        self.reason = reason
+
+
+def cache_key(st: os.stat_result) -> CacheKey:
+    """Identity of a file's content for caching: device, inode, size, mtime and ctime.
+
+    ctime is included because mtime can be set back by anyone who can write the file;
+    ctime cannot.
+    """
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+class HashCache:
+    """Thread-safe, bounded LRU of ``cache_key -> Hashes`` with hit, miss and refusal counters."""
+
+    def __init__(self, max_entries: int = 20_000, *, wall_ns: Callable[[], int] = time.time_ns) -> None:
+        self._max = max_entries
+        self.wall_ns = wall_ns
+        self._data: OrderedDict[CacheKey, Hashes] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+        self.refused: dict[str, int] = {}
+
+    def get(self, key: CacheKey) -> Hashes | None:
+        with self._lock:
+            hashes = self._data.get(key)
+            if hashes is None:
+                self.misses += 1
+            else:
+                self.hits += 1
+                self._data.move_to_end(key)
+            return hashes
+
+    def put(self, key: CacheKey, hashes: Hashes) -> None:
+        with self._lock:
+            self._data[key] = hashes
+            self._data.move_to_end(key)
+            while len(self._data) > self._max:
+                self._data.popitem(last=False)
+
+    def count_refused(self, reason: str) -> None:
+        with self._lock:
+            self.refused[reason] = self.refused.get(reason, 0) + 1
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._data)
+
+    def stats(self) -> dict[str, int]:
+        """Counters for metrics: entries, hits, misses and ``refused_<reason>``."""
+        with self._lock:
+            out = {"entries": len(self._data), "hits": self.hits, "misses": self.misses}
+            out.update({f"refused_{k}": v for k, v in self.refused.items()})
+            return out
+
+
+# --------------------------------------------------------------------------- hashing
+
+
+def _readinto_of(src: BinaryIO | int) -> Callable[[bytearray | memoryview], int]:
+    if isinstance(src, int):
+        return lambda buf: os.readv(src, [buf])
+    return src.readinto  # type: ignore[return-value]
+
+
+def _hash_serial(readinto: Callable, limit: int | None, size_hint: int) -> Hashes:
+    s256, s1, m5 = hashlib.sha256(), hashlib.sha1(), hashlib.md5()
+    buf = bytearray(CHUNK if size_hint <= 0 else min(CHUNK, size_hint + 1))
+    view = memoryview(buf)
+    total = 0
+    while True:
+        n = readinto(buf)
+        if not n:
+            break
+        total += n
+        if limit is not None and total > limit:
+            raise FileTooLarge(f"more than {limit} bytes")
+        chunk = view[:n]
+        s256.update(chunk)
+        s1.update(chunk)
+        m5.update(chunk)
+    return Hashes(sha256=s256.hexdigest(), sha1=s1.hexdigest(), md5=m5.hexdigest(), size=total)
+
+
+def _hash_parallel(readinto: Callable, limit: int | None) -> Hashes:
+    """Reader thread: read + SHA-256 + SHA-1; helper thread: MD5 of the buffer just finished."""
+    s256, s1, m5 = hashlib.sha256(), hashlib.sha1(), hashlib.md5()
+    bufs = [bytearray(CHUNK) for _ in range(_BUFFERS)]
+    free: queue.SimpleQueue[int] = queue.SimpleQueue()
+    todo: queue.SimpleQueue[tuple[int, int] | None] = queue.SimpleQueue()
+    for i in range(_BUFFERS):
+        free.put(i)
+
+    def md5_worker() -> None:
+        while (item := todo.get()) is not None:
+            i, n = item
+            m5.update(memoryview(bufs[i])[:n])
+            free.put(i)
+
+    helper = threading.Thread(target=md5_worker, name="md5-hash", daemon=True)
+    helper.start()
+    total = 0
+    try:
+        while True:
+            i = free.get()
+            n = readinto(bufs[i])
+            if not n:
+                break
+            total += n
+            if limit is not None and total > limit:
+                raise FileTooLarge(f"more than {limit} bytes")
+            chunk = memoryview(bufs[i])[:n]
+            s256.update(chunk)
+            s1.update(chunk)
+            todo.put((i, n))
+    finally:
+        todo.put(None)
+        helper.join()
+    return Hashes(sha256=s256.hexdigest(), sha1=s1.hexdigest(), md5=m5.hexdigest(), size=total)
+
+
+def hash_file(src: BinaryIO | int | str | os.PathLike, *, limit: int | None = None) -> Hashes:
+    """SHA-256, SHA-1, MD5 and size of a file object, an open descriptor or a path, in one read.
+
+    A path is opened with the same rules as ``hash_path`` minus the cache (regular files
+    only, no blocking on FIFOs) and ``Refused`` is raised otherwise. A descriptor or file
+    object is read from its current position to EOF. ``FileTooLarge`` is raised when more
+    than ``limit`` bytes come out.
+    """
+    if isinstance(src, (str, bytes, os.PathLike)):
+        fd = open_regular(src, follow_symlinks=True)
+        try:
+            return hash_file(fd, limit=limit)
+        finally:
+            os.close(fd)
+    fileno = src if isinstance(src, int) else _fileno(src)
+    size = -1
+    if fileno is not None:
+        st = os.fstat(fileno)
+        if stat.S_ISREG(st.st_mode):
+            size = st.st_size
+    readinto = _readinto_of(src)
+    if size >= PARALLEL_MIN:
+        return _hash_parallel(readinto, limit)
+    return _hash_serial(readinto, limit, size)
+
+
+def _fileno(f: BinaryIO) -> int | None:
+    try:
+        return f.fileno()
+    except (AttributeError, OSError, ValueError):  # BytesIO and friends have no descriptor
+        return None
+
+
+# --------------------------------------------------------------------------- opening
+
+
+def _open_fd(path, flags: int, dir_fd: int | None = None) -> int:
+    """os.open, trying O_NOATIME first (do not disturb atime evidence), which needs ownership or CAP_FOWNER."""
+    if _NOATIME:
+        try:
+            return os.open(path, flags | _NOATIME, dir_fd=dir_fd)
+        except PermissionError:
+            pass
+    return os.open(path, flags, dir_fd=dir_fd)
+
+
+def open_regular(path, *, follow_symlinks: bool = False, dir_fd: int | None = None) -> int:
+    """Open a regular file read-only and return the descriptor; ``Refused`` for anything else.
+
+    ``stat`` before ``open`` keeps devices from ever being opened; ``O_NONBLOCK`` keeps a FIFO
+    swapped in between from blocking; ``fstat`` after ``open`` is the final word.
+    """
+    st = os.stat(path, dir_fd=dir_fd, follow_symlinks=follow_symlinks)
+    if stat.S_ISLNK(st.st_mode):
+        raise Refused("symlink", path)
+    if not stat.S_ISREG(st.st_mode):
+        raise Refused("not_regular", path)
+    flags = _OPEN_FLAGS | (0 if follow_symlinks else os.O_NOFOLLOW)
+    try:
+        fd = _open_fd(path, flags, dir_fd)
+    except OSError as e:
+        if e.errno == errno.ELOOP:  # became a symlink after the stat
+            raise Refused("symlink", path) from None
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise Refused("not_regular", path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _components(rel: str) -> list[str]:
+    parts = [p for p in rel.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise Refused("outside_root", rel)
+    return parts
+
+
+def _is_symlink(name: str, dir_fd: int) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
+
+
+def open_dir_beneath(root_fd: int, rel: str) -> int:
+    """Open directory ``rel`` under the directory descriptor ``root_fd`` without following any symlink.
+
+    Each component is opened with ``O_NOFOLLOW | O_DIRECTORY`` relative to the previous one,
+    so neither a symlink (absolute or relative) nor ``..`` can lead out of the root.
+    Returns a new descriptor (a duplicate of ``root_fd`` for an empty path).
+    """
+    fd = os.dup(root_fd)
+    try:
+        for part in _components(rel):
+            try:
+                nxt = os.open(part, DIR_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
+            except OSError as e:
+                # O_DIRECTORY|O_NOFOLLOW on a symlink fails with ENOTDIR (or ELOOP): tell it from a file.
+                if e.errno == errno.ELOOP or (e.errno == errno.ENOTDIR and _is_symlink(part, fd)):
+                    raise Refused("symlink", rel) from None
+                raise
+            os.close(fd)
+            fd = nxt
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def open_beneath(root, rel: str) -> int:
+    """Open regular file ``rel`` (absolute or relative, interpreted inside ``root``) without leaving ``root``.
+
+    ``root`` is a directory path (followed: ``/proc/PID/root`` is meant to be) or a directory
+    descriptor. Any symlink on the way, ``..``, or a non-regular target raises ``Refused``.
+    """
+    parts = _components(rel)
+    if not parts:
+        raise Refused("not_regular", rel)
+    if isinstance(root, int):
+        root_fd = os.dup(root)
+    else:
+        root_fd = os.open(root, DIR_FLAGS)
+    try:
+        dir_fd = open_dir_beneath(root_fd, "/".join(parts[:-1]))
+    finally:
+        os.close(root_fd)
+    try:
+        return open_regular(parts[-1], dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+# --------------------------------------------------------------------------- hashing with policy
+
+
+def _hash_fd_cached(fd: int, cache: HashCache, max_bytes: int) -> Hashes | None:
+    before = os.fstat(fd)
+    if before.st_size > max_bytes:
+        cache.count_refused("too_large")
+        return None
+    key = cache_key(before)
+    hashes = cache.get(key)
+    if hashes is not None:
+        return hashes
+    try:
+        hashes = hash_file(fd, limit=max_bytes)
+    except FileTooLarge:
+        cache.count_refused("too_large")
+        return None
+    # Cache only what was read from a file that did not change meanwhile and whose last change
+    # is old enough that a further write could not reuse the same (coarse) timestamps.
+    if cache_key(os.fstat(fd)) == key and hashes.size == before.st_size and \
+            before.st_ctime_ns < cache.wall_ns() - SETTLE_NS:
+        cache.put(key, hashes)
+    return hashes
+
+
+def hash_process_exe(proc_root, pid: int, cache: HashCache, max_bytes: int, *,
+                     dir_fd: int | None = None) -> Hashes | None:
+    """Hashes of the file a process executes, read through ``{proc_root}/{pid}/exe``.
+
+    Works for deleted executables, memfd executables and container processes. Returns None
+    when the file is not a regular file or is larger than ``max_bytes``. ``OSError``
+    (``FileNotFoundError`` for kernel threads and vanished processes, ``PermissionError``)
+    is left to the caller. With ``dir_fd`` (an open ``/proc/PID`` directory) the
+    ``exe`` link is opened relative to it, which pins the process identity.
+    """
+    path = "exe" if dir_fd is not None else f"{os.fspath(proc_root)}/{pid}/exe"
+    try:
+        fd = open_regular(path, follow_symlinks=True, dir_fd=dir_fd)
+    except Refused as e:
+        cache.count_refused(e.reason)
+        return None
+    try:
+        return _hash_fd_cached(fd, cache, max_bytes)
+    finally:
+        os.close(fd)
+
+
+def hash_path(path: str | os.PathLike, cache: HashCache, max_bytes: int, *, root: str | None = None) -> Hashes | None:
+    """Hashes of a regular file on disk, never following a symlink and never opening a special file.
+
+    Returns None (and counts the reason in ``cache.refused``) for symlinks, FIFOs, sockets,
+    devices, directories, files larger than ``max_bytes``, and, when ``root`` is given,
+    paths whose resolved location is outside ``root``. ``OSError`` such as
+    ``FileNotFoundError`` or ``PermissionError`` is left to the caller.
+    """
+    path = os.fspath(path)
+    if root is not None:
+        real_root = os.path.realpath(root)
+        parent = os.path.realpath(os.path.dirname(os.path.abspath(path)) or "/")
+        if not (parent == real_root or parent.startswith(real_root.rstrip("/") + "/")):
+            cache.count_refused("outside_root")
+            return None
+        if os.path.basename(path) in ("", ".", ".."):
+            cache.count_refused("outside_root")
+            return None
+        # Open the last directory without following symlinks from the root down, so a
+        # directory swapped for a symlink after the realpath check cannot lead out.
+        rel = os.path.relpath(parent, real_root)
+        try:
+            root_fd = os.open(real_root, DIR_FLAGS)
+            try:
+                dir_fd = open_dir_beneath(root_fd, "" if rel == "." else rel)
+            finally:
+                os.close(root_fd)
+        except Refused as e:
+            cache.count_refused(e.reason)
+            return None
+        try:
+            fd = open_regular(os.path.basename(path), dir_fd=dir_fd)
+        except Refused as e:
+            cache.count_refused(e.reason)
+            return None
+        finally:
+            os.close(dir_fd)
+    else:
+        try:
+            fd = open_regular(path)
+        except Refused as e:
+            cache.count_refused(e.reason)
+            return None
+    try:
+        return _hash_fd_cached(fd, cache, max_bytes)
+    finally:
+        os.close(fd)
