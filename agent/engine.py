@@ -68,10 +68,15 @@ class Engine:
         return self._run(detectors.CONTAINER_DETECTORS, container, ctx)
 
     def evaluate_process(
-        self, proc: ProcessSnapshot, ctx: Context, extra: Iterable[Evidence] = ()
+        self, proc: ProcessSnapshot, ctx: Context, extra: Iterable[Evidence] = (), observed: Iterable[Evidence] = ()
     ) -> Finding | None:
-        """A finding for ``proc``; ``extra`` (its container's image evidence) joins only when the process has its own."""
+        """A finding for ``proc``.
+
+        ``observed`` is evidence about the process gathered over time (behaviour) and counts as
+        its own; ``extra`` (its container's image evidence) joins only when the process has its own.
+        """
         evidence = self._run(detectors.PROCESS_DETECTORS, proc, ctx)
+        evidence.extend(observed)
         if not evidence:
             return None
         evidence.extend(extra)
