@@ -1,0 +1,82 @@
+"""The command line as users call it: entry points, exit codes, and the installed package."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+from tests.sweeping import REPO
+
+
+def mw(*args: str, cwd: Path = REPO, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "agent", *args], capture_output=True, text=True, cwd=cwd,
+                          env=env, timeout=120)
+
+
+def test_version_prints_agent_and_bundle_versions():
+    """`minerwatch version` names the agent version and the signature bundle version."""
+    from agent import __version__
+    from agent.signatures import load_bundle
+
+    out = mw("version")
+    assert out.returncode == 0
+    assert f"minerwatch {__version__}" in out.stdout and load_bundle().version in out.stdout
+
+
+def test_signatures_check_valid_bundle_exits_0():
+    """The bundled signatures check clean and the JSON output describes them."""
+    out = mw("signatures", "check", "--json")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["valid"] is True and data["issues"] == []
+
+
+def test_signatures_check_bad_bundle_exits_2_with_every_issue():
+    """A broken bundle exits 2 and lists bad entries with file and line."""
+    out = mw("signatures", "check", str(REPO / "tests" / "data" / "bad_bundle"))
+    assert out.returncode == 2
+    assert "hashes.txt:" in out.stderr and "problem(s) found" in out.stderr
+
+
+def test_unknown_subcommand_exits_2():
+    """Usage errors exit 2 like every other error."""
+    assert mw("frobnicate").returncode == 2
+
+
+def test_console_script_is_installed():
+    """The `minerwatch` console script behaves like `python -m agent`."""
+    script = Path(sys.executable).parent / "minerwatch"
+    out = subprocess.run([str(script), "version"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.startswith("minerwatch ")
+
+
+def test_built_wheel_carries_signatures_and_works_without_the_source_tree(tmp_path):
+    """The wheel holds the bundle and schema; unpacked alone, it validates its bundle from any directory."""
+    # Build from a clean copy: setuptools reuses ./build, where stale files would slip into the wheel.
+    src = tmp_path / "src"
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__",
+                                                             ".pytest_cache", ".ruff_cache", ".hypothesis"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w",
+                    str(tmp_path / "dist"), str(src)], check=True, capture_output=True, timeout=300)
+    (wheel,) = (tmp_path / "dist").glob("minerwatch-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "minerwatch_signatures/MANIFEST.sha256" in names
+    assert any(n.startswith("minerwatch_signatures/yara/") for n in names)
+    assert "agent/schema/alert.schema.json" in names
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    out = mw("signatures", "check", "--json", cwd=elsewhere, env=env)
+    assert out.returncode == 0, out.stderr
+    probe = subprocess.run([sys.executable, "-c", "import agent, agent.signatures as s; print(agent.__file__); "
+                            "print(s.load_bundle().directory)"], capture_output=True, text=True, cwd=elsewhere,
+                           env=env, timeout=60)
+    agent_file, bundle_dir = probe.stdout.split()
+    assert agent_file.startswith(str(site)) and bundle_dir.startswith(str(site)), probe.stdout
