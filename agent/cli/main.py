@@ -16,8 +16,9 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from agent.cli import signatures_cmd, sweep_cmd, version_cmd
+    from agent.cli import run_cmd, signatures_cmd, sweep_cmd, version_cmd
 
+    cli.add_command(run_cmd.run)
     cli.add_command(sweep_cmd.sweep)
     cli.add_command(signatures_cmd.signatures)
     cli.add_command(version_cmd.version)
