@@ -12,6 +12,25 @@ from agent.model import Finding
 ECS_VERSION = "8.11.0"
 
 
+def _clean(value):
+    """Make every string valid UTF-8: bytes smuggled in as surrogates (non-UTF-8 paths) become ``\\xNN``."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+            return value
+        except UnicodeEncodeError:
+            pass
+        try:  # lone \udc80-\udcff: bytes from a surrogateescape decode
+            return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:  # any other lone surrogate
+            return value.encode("utf-8", "backslashreplace").decode("ascii")
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    return value
+
+
 def _timestamp(now: datetime | None) -> str:
     now = now or datetime.now(timezone.utc)
     return now.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -118,4 +137,4 @@ def build(finding: Finding, *, host_name: str | None = None, now: datetime | Non
         if fl.hashes:
             file["hash"] = {"sha256": fl.hashes.sha256, "sha1": fl.hashes.sha1, "md5": fl.hashes.md5}
         alert["file"] = file
-    return alert
+    return _clean(alert)

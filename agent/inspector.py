@@ -42,7 +42,7 @@ class Inspector:
         """Attach YARA hits on the process's executable (read through /proc/PID/exe, cached by SHA-256)."""
         if proc.hashes is None or proc.is_kernel_thread:
             return proc
-        hits = self.yara.scan_file(f"{self.config.agent.proc_root}/{proc.pid}/exe", proc.hashes.sha256)
+        hits = self.yara.scan_process_exe(self.config.agent.proc_root, proc.pid, proc.hashes.sha256)
         return dataclasses.replace(proc, yara=proc.yara + hits) if hits else proc
 
     def scan_memory(self, proc: ProcessSnapshot) -> ProcessSnapshot:

@@ -81,7 +81,8 @@ class WatchState:
         self.file_watcher = FileWatcher(self.queue)
         self.file_watcher.watch_host_paths(cfg.watch.paths)
         self.file_watcher.start()
-        self.proc_connector = ProcConnector(self.queue)
+        # Lost exec events (overrun) are caught by the periodic poll of /proc, every interval.
+        self.proc_connector = ProcConnector(self.queue.put)
         try:
             self.proc_connector.start()
         except ConnectorUnavailable as exc:

@@ -8,6 +8,7 @@ regular file without following symlinks.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 import threading
@@ -45,10 +46,13 @@ def hits_from_matches(matches, source: str) -> tuple[YaraHit, ...]:
     return tuple(out)
 
 
-def _read_regular(path: str, limit: int) -> bytes | None:
-    """Read at most ``limit`` bytes of a regular file without following a final symlink or opening a FIFO/device."""
+def _read_regular(path: str, limit: int, *, follow: bool = False) -> bytes | None:
+    """Read at most ``limit`` bytes of a regular file without opening a FIFO/device.
+
+    A final symlink is never followed unless ``follow`` (only for ``/proc/PID/exe``, a magic link).
+    """
     flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
-    if not path.endswith("/exe"):  # /proc/PID/exe is a magic link that must be followed
+    if not follow:
         flags |= os.O_NOFOLLOW
     fd = os.open(path, flags)
     try:
@@ -78,8 +82,16 @@ class YaraScanner:
         self.scanned = 0
         self.errors = 0
 
-    def scan_file(self, path: str, sha256: str | None) -> tuple[YaraHit, ...]:
-        """YARA hits for the file at ``path`` (a regular file, or ``/proc/PID/exe``)."""
+    def scan_process_exe(self, proc_root: str, pid: int, sha256: str | None) -> tuple[YaraHit, ...]:
+        """YARA hits for a process's executable, read through the ``/proc/PID/exe`` magic link."""
+        return self.scan_file(f"{proc_root}/{pid}/exe", sha256, follow=True)
+
+    def scan_file(self, path: str, sha256: str | None, *, follow: bool = False) -> tuple[YaraHit, ...]:
+        """YARA hits for the regular file at ``path``; the verdict is cached by SHA-256.
+
+        The cache key is checked against the bytes actually scanned, so a file rewritten between
+        hashing and scanning cannot store a clean verdict under a miner's hash.
+        """
         if self.rules is None:
             return ()
         if sha256:
@@ -88,10 +100,12 @@ class YaraScanner:
                     self._cache.move_to_end(sha256)
                     return self._cache[sha256]
         try:
-            data = _read_regular(path, self.max_bytes)
+            data = _read_regular(path, self.max_bytes, follow=follow)
             if data is None:
                 return ()
             hits = hits_from_matches(self.rules.match(data=data, timeout=self.timeout), "file")
+            if sha256 and hashlib.sha256(data).hexdigest() != sha256:
+                sha256 = None  # changed since it was hashed (or larger than max_bytes): do not cache
         except (OSError, yara.Error) as exc:  # a vanished file, a timeout: count, never raise
             self.errors += 1
             log.debug("yara_file_failed", path=path, error=str(exc))
