@@ -14,7 +14,9 @@ import structlog
 
 from agent import alert
 from agent.collectors import docker_inventory
+from agent.behaviour import MSR_MODPROBE_CHILD, is_msr_modprobe
 from agent.config import Config
+from agent.detectors import behaviour as behaviour_detector
 from agent.events import ContainerEvent, EventQueue, ExecEvent, FileEvent
 from agent.inspector import Inspector
 from agent.model import ContainerInfo, Evidence, Finding, ProcessSnapshot, Severity
@@ -49,6 +51,7 @@ class WatchState:
         self.tracked: dict[int, Tracked] = {}
         self.containers: dict[str, ContainerInfo] = {}
         self.image_evidence: dict[str, list[Evidence]] = {}
+        self.container_cgroups: dict[str, str] = {}  # container id -> cgroup path (from its processes)
         self.docker = None  # a Docker client while reachable
         self.docker_watcher = None
         self.proc_connector = None
@@ -76,7 +79,7 @@ class WatchState:
         self.alerts = AlertPipeline(cfg)
         self.alerts.start()
         self.behaviour = BehaviourModel(window_s=max(60.0, 12 * cfg.agent.interval), clock=self.clock)
-        self.sampler = CpuSampler(proc_root=cfg.agent.proc_root)
+        self.sampler = CpuSampler(proc_root=cfg.agent.proc_root, clock=self.clock)
         self.file_inspector = FileInspector(self.inspector.hash_cache, self.inspector.yara, self.inspector.max_bytes)
         self.file_watcher = FileWatcher(self.queue)
         self.file_watcher.watch_host_paths(cfg.watch.paths)
@@ -181,6 +184,7 @@ class WatchState:
         if self.containers.pop(container_id, None) is not None:
             self.file_watcher.remove_layer(container_id)
         self.image_evidence.pop(container_id, None)
+        self.container_cgroups.pop(container_id, None)
 
     def resync_containers(self) -> None:
         client = self.docker_client()
@@ -236,6 +240,10 @@ class WatchState:
                 return None
             tracked = self.tracked[snap.pid] = Tracked(snap.start_ticks, snap.container_id)
         tracked.checks += 1
+        if snap.container_id and snap.cgroup_path:
+            self.container_cgroups[snap.container_id] = snap.cgroup_path
+        if tracked.checks == 1 and self.behaviour is not None and is_msr_modprobe(snap.cmdline):
+            self.note_msr_modprobe(snap)
         container = self.containers.get(snap.container_id) if snap.container_id else None
         if snap.container_id and container is None and snap.container_runtime in ("docker", ""):
             container = self.refresh_container(snap.container_id)
@@ -254,12 +262,22 @@ class WatchState:
         return finding
 
     def behaviour_evidence(self, snap: ProcessSnapshot) -> list[Evidence]:
-        from agent.detectors import behaviour as behaviour_detector
-
-        verdict = self.behaviour.verdict(snap.pid) if self.behaviour is not None else None
+        verdict = self.behaviour.verdict(snap.pid, snap.start_ticks) if self.behaviour is not None else None
         if verdict is None:
             return []
-        return behaviour_detector.detect(verdict, self.inspector.context)
+        return behaviour_detector.process_evidence(verdict)
+
+    def note_msr_modprobe(self, snap: ProcessSnapshot) -> None:
+        """xmrig runs ``sh -c "modprobe msr allow_writes=on"``: blame the miner (the shell's parent)."""
+        for pid in (snap.ppid, self._parent_of(snap.ppid)):
+            parent = self.tracked.get(pid) if pid else None
+            if parent is not None:
+                self.behaviour.note_artefact(pid, parent.start_ticks, MSR_MODPROBE_CHILD, self.clock())
+                self.behaviour.request_scan(pid, parent.start_ticks, self.clock())
+
+    def _parent_of(self, pid: int) -> int:
+        snap = self.inspector.procfs.snapshot(pid) if pid else None
+        return snap.ppid if snap is not None else 0
 
     # ------------------------------------------------------------------ periodic (worker)
 
@@ -277,11 +295,15 @@ class WatchState:
         alive = set(pids)
         for pid in [p for p in self.tracked if p not in alive]:
             del self.tracked[pid]
-        # Behaviour samples for every process; the cheap part first (see CpuSampler).
-        samples = self.sampler.sample(pids)
-        for s in samples:
-            self.behaviour.feed(s)
-        candidates = set(self.behaviour.candidates())
+            self.behaviour.forget(pid)
+        # Behaviour: one cheap stat read per process; details only for busy ones (see CpuSampler).
+        for sample in self.sampler.sample([p for p in pids if p != self.own_pid]):
+            self.behaviour.observe(sample)
+        cgroups = {cid: path for cid, path in self.container_cgroups.items() if cid in self.containers}
+        for sample in self.sampler.sample_cgroups(cgroups):
+            self.behaviour.observe_cgroup(sample)
+        self.behaviour.observe_host(self.sampler.host_artefacts())
+        candidates = set(self.behaviour.candidates(limit=2))
         for pid in pids:
             tracked = self.tracked.get(pid)
             if tracked is None:

@@ -1,0 +1,354 @@
+"""CPU behaviour over a sliding window, per process and per container cgroup.
+
+``BehaviourModel`` is fed samples in time order by one owner (the daemon's sampling loop)
+and answers verdicts. It does no I/O; the clock is injected and only paces the memory-scan
+rate limit, everything else runs on the samples' own ``t`` (the same monotonic time base).
+State is bounded: entries not seen for two windows are forgotten, and at most ``max_pids``
+processes / ``max_cgroups`` containers are tracked (the least recently seen are evicted).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+HUGEPAGES_RAISED = "hugepages-raised"
+MSR_LOADED = "msr-loaded"
+MSR_WRITES_ON = "msr-writes-on"
+MSR_MODPROBE_CHILD = "modprobe-msr-child"
+_MAX_READINGS = 64  # per series; more samples per window than this only shortens the span
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessCpuSample:
+    """One reading of a process; artefact fields are only filled for busy (detailed) reads."""
+
+    pid: int
+    start_ticks: int
+    t: float  # monotonic seconds when read
+    cpu_seconds_total: float  # utime + stime of all its threads
+    per_thread_busy: tuple[float, ...] = ()  # cores per thread since the previous detailed read
+    threads: int = 0
+    hugetlb_kb: int | None = None  # HugetlbPages from /proc/PID/status; None: not read
+    anon_big_mappings_mb: tuple[int, ...] = ()  # sizes of large anonymous mappings
+    msr_open: bool = False  # an fd points at /dev/cpu/N/msr
+
+
+@dataclass(frozen=True, slots=True)
+class CgroupCpuSample:
+    """Cumulative CPU time of one container's cgroup."""
+
+    container_id: str
+    t: float
+    usage_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class HostArtefacts:
+    """Host-wide RandomX tamper marks; the model compares consecutive readings."""
+
+    nr_hugepages_total: int  # reserved huge pages, all sizes
+    msr_loaded: bool
+    msr_allow_writes: str = ""  # "on", "off", "default"; "" when unknown or not loaded
+    hugepages_kb_total: int = 0
+    t: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class CpuStats:
+    """Rates between consecutive readings in the window (cores: 1.0 is one core)."""
+
+    samples: int = 0  # rate intervals
+    span_s: float = 0.0
+    mean_cpu: float = 0.0
+    flatness: float = 0.0  # coefficient of variation of the rates: low is flat
+
+
+@dataclass(frozen=True, slots=True)
+class BehaviourVerdict:
+    """What a process's recent behaviour says."""
+
+    pid: int
+    start_ticks: int
+    stats: CpuStats
+    sustained: bool  # enough samples over enough time, busy and flat
+    busy_threads: int  # threads each above ``busy_core`` (median over detailed reads)
+    threads: int
+    hugetlb_kb: int = 0
+    anon_big_mappings_mb: tuple[int, ...] = ()
+    msr_open: bool = False  # seen at least once
+    artefacts: tuple[str, ...] = ()  # HUGEPAGES_RAISED, MSR_*: attributed host changes and noted children
+
+    @property
+    def mean_cpu(self) -> float:
+        return self.stats.mean_cpu
+
+
+@dataclass(frozen=True, slots=True)
+class CgroupVerdict:
+    """What a container cgroup's recent CPU use says."""
+
+    container_id: str
+    stats: CpuStats
+    sustained: bool
+
+
+class _Series:
+    """``(t, cumulative seconds)`` readings inside the window, oldest first."""
+
+    __slots__ = ("readings",)
+
+    def __init__(self) -> None:
+        self.readings: deque[tuple[float, float]] = deque(maxlen=_MAX_READINGS)
+
+    def add(self, t: float, total: float, window_s: float) -> None:
+        if self.readings:
+            last_t, last_total = self.readings[-1]
+            if t <= last_t:
+                return  # a duplicate or late reading says nothing new
+            if total < last_total:
+                self.readings.clear()  # a counter that went back: a new cgroup or a bad read
+        self.readings.append((t, total))
+        while self.readings[0][0] < t - window_s:
+            self.readings.popleft()
+
+    def last_rate(self) -> float:
+        if len(self.readings) < 2:
+            return 0.0
+        (t0, c0), (t1, c1) = self.readings[-2], self.readings[-1]
+        return (c1 - c0) / (t1 - t0)
+
+    def stats(self) -> CpuStats:
+        r = self.readings
+        if len(r) < 2:
+            return CpuStats()
+        rates = [(c1 - c0) / (t1 - t0) for (t0, c0), (t1, c1) in zip(r, list(r)[1:])]
+        span = r[-1][0] - r[0][0]
+        mean = (r[-1][1] - r[0][1]) / span
+        cv = statistics.pstdev(rates) / mean if mean > 1e-6 else 0.0
+        return CpuStats(len(rates), span, mean, cv)
+
+
+class _Proc:
+    __slots__ = ("start_ticks", "series", "busy_counts", "threads", "hugetlb_kb", "first_hugetlb_t",
+                 "anon_mb", "msr_open", "noted", "first_seen", "last_seen", "last_scan", "scan_requested")
+
+    def __init__(self, start_ticks: int, t: float) -> None:
+        self.start_ticks = start_ticks
+        self.series = _Series()
+        self.busy_counts: deque[tuple[float, int]] = deque(maxlen=_MAX_READINGS)
+        self.threads = 0
+        self.hugetlb_kb = 0
+        self.first_hugetlb_t: float | None = None
+        self.anon_mb: tuple[int, ...] = ()
+        self.msr_open = False
+        self.noted: dict[str, None] = {}
+        self.first_seen = self.last_seen = t
+        self.last_scan: float | None = None
+        self.scan_requested = False
+
+
+class _Cgroup:
+    __slots__ = ("series", "last_seen")
+
+    def __init__(self, t: float) -> None:
+        self.series = _Series()
+        self.last_seen = t
+
+
+class BehaviourModel:
+    """Sliding-window CPU behaviour and RandomX artefacts; one owner feeds it in time order."""
+
+    def __init__(
+        self,
+        window_s: float = 60.0,
+        min_samples: int = 4,
+        *,
+        min_span_s: float = 20.0,
+        busy_core: float = 0.8,
+        scan_core: float = 0.5,
+        max_cv: float = 0.25,
+        rescan_s: float = 600.0,
+        max_pids: int = 20_000,
+        max_cgroups: int = 5_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.window_s, self.min_samples, self.min_span_s = window_s, min_samples, min_span_s
+        self.busy_core, self.scan_core, self.max_cv, self.rescan_s = busy_core, scan_core, max_cv, rescan_s
+        self.max_pids, self.max_cgroups = max_pids, max_cgroups
+        self._clock = clock
+        self._procs: OrderedDict[int, _Proc] = OrderedDict()  # least recently seen first
+        self._cgroups: OrderedDict[str, _Cgroup] = OrderedDict()
+        self._host: HostArtefacts | None = None
+        self._host_changes: deque[tuple[float, str]] = deque(maxlen=32)
+        self._latest_t = float("-inf")
+        self._last_prune = float("-inf")
+        self.evicted = 0
+        self.forgotten = 0
+
+    # ------------------------------------------------------------------ feeding
+
+    def observe(self, s: ProcessCpuSample) -> None:
+        st = self._proc(s.pid, s.start_ticks, s.t)
+        st.last_seen = max(st.last_seen, s.t)
+        st.series.add(s.t, s.cpu_seconds_total, self.window_s)
+        st.threads = s.threads or st.threads
+        if s.per_thread_busy:
+            st.busy_counts.append((s.t, sum(1 for b in s.per_thread_busy if b >= self.busy_core)))
+        if s.hugetlb_kb is not None:  # a detailed read: artefacts are current
+            st.hugetlb_kb = s.hugetlb_kb
+            if s.hugetlb_kb > 0 and st.first_hugetlb_t is None:
+                st.first_hugetlb_t = s.t
+        if s.hugetlb_kb is not None or s.anon_big_mappings_mb:
+            st.anon_mb = s.anon_big_mappings_mb
+        st.msr_open = st.msr_open or s.msr_open
+        self._advance(s.t)
+
+    def observe_cgroup(self, s: CgroupCpuSample) -> None:
+        cg = self._cgroups.get(s.container_id)
+        if cg is None:
+            if len(self._cgroups) >= self.max_cgroups:
+                self._cgroups.popitem(last=False)
+                self.evicted += 1
+            cg = self._cgroups[s.container_id] = _Cgroup(s.t)
+        else:
+            self._cgroups.move_to_end(s.container_id)
+        cg.series.add(s.t, s.usage_seconds, self.window_s)
+        cg.last_seen = max(cg.last_seen, s.t)
+        self._advance(s.t)
+
+    def observe_host(self, h: HostArtefacts) -> tuple[str, ...]:
+        """Record host tampering since the previous reading; returns the changes seen (the first reading is the baseline)."""
+        prev, self._host = self._host, h
+        if prev is None:
+            return ()
+        changes = []
+        if h.nr_hugepages_total > prev.nr_hugepages_total:
+            changes.append(HUGEPAGES_RAISED)
+        if h.msr_loaded and not prev.msr_loaded:
+            changes.append(MSR_LOADED)
+        if h.msr_allow_writes == "on" and prev.msr_allow_writes != "on":
+            changes.append(MSR_WRITES_ON)
+        for kind in changes:
+            self._host_changes.append((h.t, kind))
+        return tuple(changes)
+
+    def note_artefact(self, pid: int, start_ticks: int, artefact: str, t: float) -> None:
+        """Attach an artefact seen elsewhere (e.g. MSR_MODPROBE_CHILD from an exec event) to a process."""
+        self._proc(pid, start_ticks, t).noted[artefact] = None
+
+    def request_scan(self, pid: int, start_ticks: int, t: float) -> None:
+        """Make a process a memory-scan candidate whatever its CPU use (still rate-limited)."""
+        self._proc(pid, start_ticks, t).scan_requested = True
+
+    def forget(self, pid: int) -> None:
+        if self._procs.pop(pid, None) is not None:
+            self.forgotten += 1
+
+    # ---------------------------------------------------------------- answering
+
+    def verdict(self, pid: int, start_ticks: int | None = None) -> BehaviourVerdict | None:
+        st = self._procs.get(pid)
+        if st is None or (start_ticks is not None and start_ticks != st.start_ticks):
+            return None
+        stats = st.series.stats()
+        sustained = self._sustained(stats)
+        recent = [n for t, n in st.busy_counts if t >= st.last_seen - self.window_s]
+        busy = int(statistics.median_low(recent)) if recent else 0
+        return BehaviourVerdict(pid, st.start_ticks, stats, sustained, busy, st.threads, st.hugetlb_kb, st.anon_mb,
+                                st.msr_open, self._artefacts(st, sustained))
+
+    def cgroup_verdict(self, container_id: str) -> CgroupVerdict | None:
+        cg = self._cgroups.get(container_id)
+        if cg is None:
+            return None
+        stats = cg.series.stats()
+        return CgroupVerdict(container_id, stats, self._sustained(stats))
+
+    def candidates(self, limit: int = 2) -> list[int]:
+        """Pids to scan in memory now, marked as scanned: requested, with artefacts, or steadily busy.
+
+        Steadily busy uses ``scan_core`` (lower than ``busy_core``: a miner on a contended host gets
+        less than a core per thread, and a scan of a small process costs tens of milliseconds).
+        The same process (pid and start time) is handed out at most once per ``rescan_s``.
+        """
+        now = self._clock()
+        ranked = []
+        for pid, st in self._procs.items():
+            if st.last_scan is not None and now - st.last_scan < self.rescan_s:
+                continue
+            if not (st.scan_requested or st.msr_open or st.noted or st.series.last_rate() >= self.scan_core / 2):
+                continue  # the cheap check first: idle processes cost no statistics
+            v = self.verdict(pid)
+            suspicious = st.scan_requested or v.msr_open or bool(v.artefacts)
+            if suspicious or v.sustained or self._steady(v.stats, self.scan_core):
+                ranked.append((not suspicious, -v.mean_cpu, pid))
+        ranked.sort()
+        out = [pid for _, _, pid in ranked[:limit]]
+        for pid in out:
+            st = self._procs[pid]
+            st.last_scan, st.scan_requested = now, False
+        return out
+
+    def __len__(self) -> int:
+        return len(self._procs)
+
+    # ---------------------------------------------------------------- internals
+
+    def _sustained(self, s: CpuStats) -> bool:
+        return self._steady(s, self.busy_core)
+
+    def _steady(self, s: CpuStats, core: float) -> bool:
+        return (s.samples >= self.min_samples and s.span_s >= self.min_span_s
+                and s.mean_cpu >= core and s.flatness <= self.max_cv)
+
+    def _proc(self, pid: int, start_ticks: int, t: float) -> _Proc:
+        st = self._procs.get(pid)
+        if st is not None and st.start_ticks != start_ticks:
+            del self._procs[pid]  # the pid was reused: the old history belongs to another process
+            st = None
+        if st is None:
+            if len(self._procs) >= self.max_pids:
+                self._procs.popitem(last=False)
+                self.evicted += 1
+            st = self._procs[pid] = _Proc(start_ticks, t)
+        else:
+            self._procs.move_to_end(pid)
+        return st
+
+    def _artefacts(self, st: _Proc, sustained: bool) -> tuple[str, ...]:
+        found = dict(st.noted)
+        for t, kind in self._host_changes:
+            if kind == HUGEPAGES_RAISED:
+                if st.first_hugetlb_t is not None and abs(st.first_hugetlb_t - t) <= self.window_s:
+                    found[kind] = None
+            elif sustained and abs(st.first_seen - t) <= self.window_s:
+                found[kind] = None  # the msr module appeared around when this busy process started
+        return tuple(found)
+
+    def _advance(self, t: float) -> None:
+        """Forget what has not been seen for two windows (checked once per window)."""
+        self._latest_t = max(self._latest_t, t)
+        if self._latest_t - self._last_prune < self.window_s:
+            return
+        self._last_prune = self._latest_t
+        horizon = self._latest_t - 2 * self.window_s
+        for pid in [p for p, st in self._procs.items() if st.last_seen < horizon]:
+            del self._procs[pid]
+            self.forgotten += 1
+        for cid in [c for c, cg in self._cgroups.items() if cg.last_seen < horizon]:
+            del self._cgroups[cid]
+        while self._host_changes and self._host_changes[0][0] < horizon:
+            self._host_changes.popleft()
+
+
+def is_msr_modprobe(cmdline: tuple[str, ...]) -> bool:
+    """True for ``modprobe msr ...`` or a shell running it (XMRig's ``sh -c "/sbin/modprobe msr allow_writes=on"``)."""
+    words = " ".join(cmdline).replace(";", " ").replace("&", " ").split()
+    for i, word in enumerate(words):
+        if word.rsplit("/", 1)[-1] == "modprobe" and "msr" in words[i + 1:i + 4]:
+            return True
+    return False

@@ -1,0 +1,377 @@
+"""BehaviourModel on synthetic samples (injected clock), the behaviour detector, and the memory-scan path end to end."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.behaviour import (
+    HUGEPAGES_RAISED, MSR_LOADED, MSR_MODPROBE_CHILD, BehaviourModel, CgroupCpuSample, CpuStats, HostArtefacts,
+    ProcessCpuSample, is_msr_modprobe,
+)
+from agent.detectors import behaviour as det
+from agent.detectors.base import Context
+from agent.engine import severity_of
+from agent.model import Evidence, Severity, ProcessSnapshot
+
+from tests.sigfixtures import SIGS
+
+
+class Clock:
+    def __init__(self, t: float = 1000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def feed(model: BehaviourModel, pid: int, rates: list[float], *, start: float = 1000.0, step: float = 5.0,
+         start_ticks: int = 111, threads: tuple[float, ...] = (), **kw) -> float:
+    """Feed readings whose per-interval CPU rates are ``rates``; returns the last t."""
+    t, total = start, 50.0
+    model.observe(ProcessCpuSample(pid, start_ticks, t, total, **kw))
+    for r in rates:
+        t += step
+        total += r * step
+        model.observe(ProcessCpuSample(pid, start_ticks, t, total, threads or (r,), len(threads) or 1, **kw))
+    return t
+
+
+def model(clock: Clock | None = None, **kw) -> BehaviourModel:
+    return BehaviourModel(window_s=60, min_samples=4, clock=clock or Clock(), **kw)
+
+
+# ------------------------------------------------------------------------------ model
+
+
+def test_sustained_flat_single_thread_is_sustained():
+    """One thread at 99% for 30 s is sustained, flat, with one busy thread."""
+    m = model()
+    feed(m, 10, [0.99, 0.98, 0.99, 1.0, 0.99, 0.99])
+    v = m.verdict(10)
+    assert v.sustained and v.busy_threads == 1
+    assert v.stats.samples == 6 and v.stats.span_s == 30
+    assert v.mean_cpu == pytest.approx(0.99, abs=0.01) and v.stats.flatness < 0.05
+
+
+def test_bursty_compile_like_load_is_not_flat():
+    """A compile-like load that alternates bursts and pauses is not flat, hence not sustained."""
+    m = model()
+    feed(m, 11, [1.9, 0.1, 1.7, 0.0, 1.8, 0.3, 1.9, 0.2])
+    v = m.verdict(11)
+    assert v.stats.flatness > 0.25 and not v.sustained
+
+
+def test_short_spike_is_not_sustained():
+    """Two busy samples are a spike, not sustained use."""
+    m = model()
+    feed(m, 12, [1.0, 1.0])
+    assert not m.verdict(12).sustained
+
+
+def test_many_samples_over_too_short_a_span_are_not_sustained():
+    """Enough samples squeezed into 8 s do not make 20 s of sustained use."""
+    m = model()
+    feed(m, 13, [1.0] * 8, step=1.0)
+    v = m.verdict(13)
+    assert v.stats.samples == 8 and not v.sustained
+
+
+def test_idle_process_is_not_sustained_and_not_a_candidate():
+    """A sleeping process is flat at zero: not sustained, never scanned."""
+    m = model()
+    feed(m, 14, [0.0] * 8)
+    assert not m.verdict(14).sustained and m.candidates() == []
+
+
+def test_window_forgets_old_busy_samples():
+    """Busy samples older than the window no longer count once the process went idle."""
+    m = model()
+    t = feed(m, 15, [1.0] * 12)
+    feed(m, 15, [0.0] * 14, start=t)
+    v = m.verdict(15)
+    assert v.mean_cpu < 0.01 and v.stats.span_s <= 60
+
+
+def test_pid_reuse_resets_history():
+    """A sample with another start time is a new process: the old history is dropped."""
+    m = model()
+    t = feed(m, 16, [1.0] * 6, start_ticks=1)
+    m.observe(ProcessCpuSample(16, 2, t + 5, 0.5))
+    v = m.verdict(16)
+    assert v.start_ticks == 2 and v.stats.samples == 0 and not v.sustained
+    assert m.verdict(16, start_ticks=1) is None
+
+
+def test_out_of_order_samples_are_ignored():
+    """A reading older than the last one changes nothing."""
+    m = model()
+    t = feed(m, 17, [1.0] * 5)
+    before = m.verdict(17)
+    m.observe(ProcessCpuSample(17, 111, t - 7, 9999.0))
+    assert m.verdict(17) == before
+
+
+def test_busy_threads_is_the_median_over_detailed_samples():
+    """Busy threads counts threads above 0.8 core, as the median over the detailed reads."""
+    m = model()
+    feed(m, 18, [2.0] * 5, threads=(0.99, 0.97, 0.01, 0.0))
+    m.observe(ProcessCpuSample(18, 111, 1030, 50 + 2.0 * 30, (0.5, 0.5, 0.0, 0.0), 4))
+    assert m.verdict(18).busy_threads == 2
+
+
+def test_processes_not_seen_for_two_windows_are_forgotten():
+    """A process or cgroup that stopped being sampled is forgotten after two windows."""
+    m = model()
+    feed(m, 19, [1.0] * 3)
+    m.observe_cgroup(CgroupCpuSample("gone", 1000, 1.0))
+    feed(m, 20, [0.0] * 40, start=1000)
+    assert m.verdict(19) is None and m.verdict(20) is not None and m.forgotten == 1
+    assert m.cgroup_verdict("gone") is None
+
+
+def test_tracked_processes_are_capped():
+    """Beyond max_pids the least recently seen process is evicted."""
+    m = model(max_pids=3)
+    for pid in (1, 2, 3, 4):
+        m.observe(ProcessCpuSample(pid, 1, 1000 + pid, 0.0))
+    assert len(m) == 3 and m.verdict(1) is None and m.evicted == 1
+
+
+def test_candidates_are_rate_limited_per_process():
+    """A sustained process is handed out for a memory scan once, then not again until rescan_s has passed."""
+    clock = Clock()
+    m = model(clock, rescan_s=600)
+    feed(m, 21, [1.0] * 6)
+    assert m.candidates() == [21]
+    clock.t += 300
+    assert m.candidates() == []
+    clock.t += 301
+    assert m.candidates() == [21]
+
+
+def test_a_contended_miner_is_a_candidate_before_it_counts_as_sustained():
+    """Flat use of 0.6 core is not sustained evidence but is enough for a memory scan."""
+    m = model()
+    feed(m, 31, [0.6] * 6)
+    assert not m.verdict(31).sustained and m.candidates() == [31]
+
+
+def test_candidates_respect_the_limit_and_put_requests_first():
+    """Requested scans come first, then the busiest; at most ``limit`` per call."""
+    m = model()
+    feed(m, 22, [1.0] * 6)
+    feed(m, 23, [2.0] * 6)
+    m.observe(ProcessCpuSample(24, 5, 1000, 0.0))
+    m.request_scan(24, 5, 1000)
+    assert m.candidates(limit=2) == [24, 23]
+    assert m.candidates(limit=2) == [22]
+
+
+def test_a_reused_pid_is_scanned_again():
+    """The rate limit belongs to the process, so a new process on the same pid is a fresh candidate."""
+    m = model()
+    feed(m, 25, [1.0] * 6, start_ticks=1)
+    assert m.candidates() == [25]
+    feed(m, 25, [1.0] * 6, start=1100, start_ticks=2)
+    assert m.candidates() == [25]
+
+
+def test_cgroup_verdict_is_sustained_for_a_flat_busy_container():
+    """A container cgroup at 1.9 cores for 30 s is sustained; a counter reset restarts its history."""
+    m = model()
+    for i in range(7):
+        m.observe_cgroup(CgroupCpuSample("c1", 1000 + 5 * i, 100 + 9.5 * i))
+    v = m.cgroup_verdict("c1")
+    assert v.sustained and v.stats.mean_cpu == pytest.approx(1.9)
+    m.observe_cgroup(CgroupCpuSample("c1", 1040, 1.0))
+    assert m.cgroup_verdict("c1").stats.samples == 0 and m.cgroup_verdict("nope") is None
+
+
+def test_hugepages_raised_is_attributed_to_the_process_that_began_using_them():
+    """nr_hugepages raised is attributed to a process whose huge pages appeared around then, not to others."""
+    m = model()
+    assert m.observe_host(HostArtefacts(0, False, t=1000)) == ()
+    assert m.observe_host(HostArtefacts(1280, False, t=1005)) == (HUGEPAGES_RAISED,)
+    feed(m, 26, [1.0] * 6, hugetlb_kb=266240)
+    feed(m, 27, [1.0] * 6, hugetlb_kb=0)
+    assert HUGEPAGES_RAISED in m.verdict(26).artefacts
+    assert m.verdict(27).artefacts == ()
+
+
+def test_msr_loaded_is_attributed_only_to_a_busy_process_that_started_then():
+    """The msr module appearing is attributed to a sustained process first seen around then, not to an old one."""
+    m = model()
+    feed(m, 28, [1.0] * 30, start=800)
+    m.observe_host(HostArtefacts(0, False, t=1000))
+    assert m.observe_host(HostArtefacts(0, True, "on", t=1005)) == (MSR_LOADED, "msr-writes-on")
+    feed(m, 29, [1.0] * 6, start=1002)
+    assert MSR_LOADED in m.verdict(29).artefacts
+    assert m.verdict(28).artefacts == ()
+
+
+def test_noted_artefacts_show_in_the_verdict_and_make_a_candidate():
+    """An artefact noted by the daemon (a modprobe msr child) is in the verdict and makes the process a candidate."""
+    m = model()
+    m.observe(ProcessCpuSample(30, 9, 1000, 0.0))
+    m.note_artefact(30, 9, MSR_MODPROBE_CHILD, 1000)
+    assert m.verdict(30).artefacts == (MSR_MODPROBE_CHILD,)
+    assert m.candidates() == [30]
+
+
+def test_msr_modprobe_command_lines_are_recognised():
+    """XMRig's shell-wrapped modprobe and a direct modprobe msr are recognised; other modprobes are not."""
+    assert is_msr_modprobe(("sh", "-c", "/sbin/modprobe msr allow_writes=on > /dev/null 2>&1"))
+    assert is_msr_modprobe(("modprobe", "msr"))
+    assert not is_msr_modprobe(("modprobe", "overlay"))
+    assert not is_msr_modprobe(("cat", "msr"))
+
+
+# --------------------------------------------------------------------------- detector
+
+
+def verdict(rates=(1.0,) * 6, threads=(), **kw):
+    m = model()
+    feed(m, 40, list(rates), threads=threads, **kw)
+    return m.verdict(40)
+
+
+def strong(weight: int) -> Evidence:
+    return Evidence("config", "miner config names a pool", weight)
+
+
+def test_cpu_alone_is_weak_and_stays_low():
+    """Sustained CPU gives weak behaviour evidence: alone it is never above low."""
+    ev = det.detect(verdict(threads=(0.99, 0.99)), Context(SIGS))
+    assert ev and all(e.signal == "behaviour" and not e.strong for e in ev)
+    assert severity_of(ev)[0] is Severity.LOW
+
+
+def test_all_randomx_artefacts_together_still_stay_low():
+    """Even every RandomX artefact at once is behaviour only, so it stays low."""
+    v = verdict(hugetlb_kb=2396160, msr_open=True)
+    ev = det.process_evidence(v)
+    assert sum(e.weight for e in ev) == det.MAX_TOTAL
+    assert severity_of(ev)[0] is Severity.LOW
+
+
+def test_behaviour_raises_a_finding_with_another_signal():
+    """Beside a moderate strong signal, behaviour lifts the finding by at least one level."""
+    alone = severity_of([strong(35)])[0]
+    ev = det.process_evidence(verdict(hugetlb_kb=266240))
+    assert severity_of([strong(35), *ev])[0] > alone
+    assert "RandomX light-mode cache" in " ".join(e.detail for e in ev)
+
+
+def test_idle_process_without_artefacts_gives_no_evidence():
+    """A quiet process with no artefacts gives nothing."""
+    assert det.process_evidence(verdict(rates=(0.0,) * 6)) == []
+
+
+def test_randomx_sized_anonymous_mapping_counts_on_a_busy_process_only():
+    """A 260 MiB anonymous mapping counts on a busy process, not on an idle one."""
+    assert any("anonymous mapping" in e.detail for e in det.process_evidence(verdict(anon_big_mappings_mb=(260,))))
+    assert det.process_evidence(verdict(rates=(0.0,) * 6, anon_big_mappings_mb=(260,))) == []
+
+
+def test_detect_reads_a_verdict_carried_by_a_snapshot():
+    """A subject with a ``behaviour`` attribute is evaluated; one without gives nothing."""
+    class Carrier:
+        behaviour = verdict()
+
+    assert det.detect(Carrier(), Context(SIGS))
+    assert det.detect(ProcessSnapshot(pid=1), Context(SIGS)) == []
+
+
+def test_container_evidence_only_when_sustained():
+    """A container's cgroup verdict gives weak evidence only when sustained."""
+    from agent.behaviour import CgroupVerdict
+
+    assert det.container_evidence(CgroupVerdict("c", CpuStats(6, 30, 1.9, 0.02), True))[0].strong is False
+    assert det.container_evidence(CgroupVerdict("c", CpuStats(6, 30, 1.9, 0.9), False)) == []
+
+
+# ------------------------------------------------- end to end: sampler -> model -> memory YARA
+
+
+def fast_model() -> BehaviourModel:
+    """Short window and generous thresholds: the test host has 2 shared cores and may be loaded."""
+    return BehaviourModel(window_s=15, min_samples=4, min_span_s=5, busy_core=0.3, scan_core=0.2, max_cv=0.5)
+
+
+def until_candidate(sampler, m: BehaviourModel, pid: int, timeout: float = 60, cgroup: dict | None = None) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for s in sampler.sample([pid]):
+            m.observe(s)
+        for s in sampler.sample_cgroups(cgroup or {}):
+            m.observe_cgroup(s)
+        if pid in m.candidates() and (not cgroup or all(m.cgroup_verdict(c).sustained for c in cgroup)):
+            return
+        time.sleep(1.0)
+    raise AssertionError(f"pid {pid} never became a memory-scan candidate: {m.verdict(pid)}")
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    from agent.signatures import load_bundle
+
+    return load_bundle()
+
+
+def snapshot_of(pid: int, yara_hits=(), container_id: str = "") -> ProcessSnapshot:
+    from agent.model import Connection
+    from tests.helpers import procs
+
+    conns = tuple(Connection(c.local_ip, c.local_port, c.remote_ip, c.remote_port, c.state, c.inode)
+                  for c in procs.tcp_connections(pid))
+    return ProcessSnapshot(pid=pid, name=procs.comm(pid), exe=procs.exe(pid), cmdline=tuple(procs.cmdline(pid)),
+                           connections=conns, yara=tuple(yara_hits), container_id=container_id)
+
+
+def all_evidence(proc: ProcessSnapshot, ctx: Context, verdict) -> list[Evidence]:
+    from agent import detectors
+
+    return [e for d in detectors.PROCESS_DETECTORS for e in d.detect(proc, ctx)] + det.detect(verdict, ctx)
+
+
+def test_obfuscated_miner_is_caught_by_memory_behaviour_and_network(spawn, helper_bins, fake_pool, bundle):
+    """fakeminer-plain shows nothing on disk, but once busy it is a candidate whose memory matches MW_XMRig_Memory."""
+    from agent.collectors.cpu_sampler import CpuSampler
+    from agent.collectors.yarascan import YaraScanner
+
+    p = spawn([helper_bins.fakeminer_plain, "-o", fake_pool.hostport, "-t", "2", "--seconds", "120"],
+              stderr=open("/dev/null", "wb"))
+    fake_pool.wait_for_login(timeout=15)
+    m = fast_model()
+    until_candidate(CpuSampler(), m, p.pid)
+    scanner = YaraScanner(bundle.yara)
+    assert scanner.scan_file(str(helper_bins.fakeminer_plain), None) == ()
+    hits = scanner.scan_memory(p.pid)
+    assert "MW_XMRig_Memory" in {h.rule for h in hits}
+    evidence = all_evidence(snapshot_of(p.pid, hits), Context(bundle), m.verdict(p.pid))
+    assert {"yara", "network", "behaviour"} <= {e.signal for e in evidence}
+    assert severity_of(evidence)[0] is Severity.CRITICAL
+
+
+def test_benign_cpu_heavy_container_stays_below_medium(docker_run, base_image, bundle):
+    """A burner container, busy and flat in its process and its cgroup, is memory-scanned and stays at low."""
+    from agent.collectors import cgroups
+    from agent.collectors.cpu_sampler import CpuSampler
+    from agent.collectors.yarascan import YaraScanner
+    from agent.model import ContainerInfo
+    from tests.helpers import procs
+
+    c = docker_run(base_image, ["burner", "-t", "2", "--seconds", "150"])
+    pid = procs.wait_until(lambda: procs.pids_in_cgroup_of(c.id), timeout=30, message="container pid")[0]
+    cid, _runtime, path = cgroups.parse_cgroup(procs.cgroup(pid))
+    m = fast_model()
+    until_candidate(CpuSampler(), m, pid, cgroup={cid: path})
+    hits = YaraScanner(bundle.yara).scan_memory(pid)
+    assert hits == ()
+    ctx = Context(bundle, container=ContainerInfo(id=cid, image=base_image))
+    process = all_evidence(snapshot_of(pid, hits, cid), ctx, m.verdict(pid))
+    container = det.detect(m.cgroup_verdict(cid), ctx)
+    assert process and container
+    assert severity_of(process)[0] <= Severity.LOW and severity_of(container)[0] <= Severity.LOW

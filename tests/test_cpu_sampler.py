@@ -1,0 +1,252 @@
+"""CpuSampler: parsing on fake /proc and /sys trees, and real processes and containers on this host."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from agent.collectors import cgroups
+from agent.collectors.cpu_sampler import CLK_TCK, CpuSampler, parse_big_anon_mappings, parse_stat
+
+from tests.helpers import procs
+
+
+class Clock:
+    def __init__(self, t: float = 100.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def stat_line(pid: int, ticks: int, threads: int = 1, start: int = 4242, comm: str = "miner") -> str:
+    # fields 3.. : state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime
+    #              cutime cstime priority nice num_threads itrealvalue starttime ...
+    rest = ["R", "1", "1", "1", "0", "-1", "0", "0", "0", "0", "0", str(ticks - ticks // 4), str(ticks // 4),
+            "0", "0", "20", "0", str(threads), "0", str(start), "1000", "100"]
+    return f"{pid} ({comm}) {' '.join(rest)}\n"
+
+
+def fake_process(root: Path, pid: int, ticks: int, thread_ticks: dict[int, int], *, start: int = 4242,
+                 hugetlb_kb: int | None = 266240, maps: str = "", msr: bool = False) -> None:
+    d = root / str(pid)
+    (d / "fd").mkdir(parents=True, exist_ok=True)
+    (d / "stat").write_text(stat_line(pid, ticks, len(thread_ticks), start))
+    for tid, n in thread_ticks.items():
+        (d / "task" / str(tid)).mkdir(parents=True, exist_ok=True)
+        (d / "task" / str(tid) / "stat").write_text(stat_line(tid, n, len(thread_ticks), start))
+    status = "Name:\tminer\nVmRSS:\t   14000 kB\n"
+    if hugetlb_kb is not None:
+        status += f"HugetlbPages:\t{hugetlb_kb:>8} kB\n"
+    (d / "status").write_text(status)
+    (d / "maps").write_text(maps)
+    if msr and not (d / "fd" / "5").is_symlink():
+        os.symlink("/dev/cpu/0/msr", d / "fd" / "5")
+    if not (d / "fd" / "0").is_symlink():
+        os.symlink("/dev/null", d / "fd" / "0")
+
+
+MAPS = (
+    "00400000-00500000 r-xp 00000000 08:01 123 /usr/local/bin/miner\n"
+    "7f0000000000-7f0010400000 rw-p 00000000 00:00 0 \n"  # 260 MiB anonymous
+    "7f1000000000-7f1090000000 rw-p 00000000 00:0f 99 /anon_hugepage (deleted)\n"  # 2304 MiB hugetlb
+    "7f2000000000-7f2020000000 rw-s 00000000 08:01 77 /var/lib/db/data.bin\n"  # 512 MiB file-backed
+    "7f3000000000-7f3010000000 ---p 00000000 00:00 0 \n"  # 256 MiB reserved, not writable
+    "7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0 [stack]\n"
+)
+
+
+# ------------------------------------------------------------------------ parsing
+
+
+def test_parse_stat_survives_parentheses_and_spaces_in_comm():
+    """utime+stime, threads and start time are read after the last ')' of the comm."""
+    assert parse_stat(stat_line(7, 400, 3, 999, comm="a) (b c").encode()) == (400, 3, 999)
+
+
+def test_big_anonymous_mappings_skip_files_stacks_and_reservations():
+    """Writable anonymous and hugetlb mappings count; file-backed, stack and PROT_NONE ones do not."""
+    assert parse_big_anon_mappings(MAPS.encode()) == (2304, 260)
+
+
+def test_first_sample_is_cheap_and_a_busy_one_is_detailed(tmp_path):
+    """A first sample reads only stat; once busy, threads, huge pages, mappings and msr fds are read."""
+    clock = Clock()
+    fake_process(tmp_path, 50, 1000, {50: 10, 51: 500, 52: 490}, maps=MAPS, msr=True)
+    s = CpuSampler(tmp_path, tmp_path / "sys", clock=clock)
+    first, = s.sample([50])
+    assert first.hugetlb_kb is None and first.per_thread_busy == () and first.cpu_seconds_total == 1000 / CLK_TCK
+    clock.t += 5
+    fake_process(tmp_path, 50, 1000 + 10 * CLK_TCK, {50: 10, 51: 500 + 5 * CLK_TCK, 52: 490 + 5 * CLK_TCK},
+                 maps=MAPS, msr=True)
+    second, = s.sample([50])
+    assert second.hugetlb_kb == 266240 and second.anon_big_mappings_mb == (2304, 260) and second.msr_open
+    assert second.per_thread_busy == () and second.threads == 3  # no detailed baseline yet
+    clock.t += 5
+    fake_process(tmp_path, 50, 1000 + 20 * CLK_TCK, {50: 10, 51: 500 + 10 * CLK_TCK, 52: 490 + 10 * CLK_TCK},
+                 maps=MAPS, msr=True)
+    third, = s.sample([50])
+    assert third.per_thread_busy == (0.0, 1.0, 1.0)
+
+
+def test_idle_process_stays_cheap_unless_asked_for_detail(tmp_path):
+    """An idle process is never read in detail, unless the caller names it in ``detail``."""
+    clock = Clock()
+    fake_process(tmp_path, 60, 100, {60: 100}, hugetlb_kb=0)
+    s = CpuSampler(tmp_path, tmp_path / "sys", clock=clock)
+    s.sample([60])
+    clock.t += 5
+    idle, = s.sample([60])
+    assert idle.hugetlb_kb is None
+    forced, = s.sample([60], detail={60})
+    assert forced.hugetlb_kb == 0 and not forced.msr_open
+
+
+def test_missing_hugetlb_line_leaves_the_field_empty(tmp_path):
+    """A kernel without HugetlbPages in status gives None (unknown), not 0."""
+    fake_process(tmp_path, 61, 100, {61: 100}, hugetlb_kb=None)
+    sample, = CpuSampler(tmp_path, tmp_path / "sys").sample([61], detail={61})
+    assert sample.hugetlb_kb is None
+
+
+def test_vanished_pids_are_skipped_and_counted(tmp_path):
+    """A pid with no /proc entry is skipped quietly and counted."""
+    fake_process(tmp_path, 70, 100, {70: 100})
+    s = CpuSampler(tmp_path, tmp_path / "sys")
+    assert [x.pid for x in s.sample([70, 71, 72])] == [70]
+    assert s.vanished == 2
+
+
+def test_pid_reuse_drops_the_previous_reading(tmp_path):
+    """A new start time on the same pid is not compared with the old process's CPU time."""
+    clock = Clock()
+    fake_process(tmp_path, 80, 100, {80: 100}, start=1)
+    s = CpuSampler(tmp_path, tmp_path / "sys", clock=clock)
+    s.sample([80])
+    clock.t += 1
+    fake_process(tmp_path, 80, 100_000, {80: 100_000}, start=2)
+    again, = s.sample([80])
+    assert again.start_ticks == 2 and again.hugetlb_kb is None  # not mistaken for a busy process
+
+
+def test_cgroup_v1_cpuacct_layouts_are_read(tmp_path):
+    """cgroup v1 usage is read from cpuacct/ or cpu,cpuacct/ (ns -> seconds)."""
+    a = tmp_path / "fs/cgroup/cpuacct/docker/aaa"
+    b = tmp_path / "fs/cgroup/cpu,cpuacct/system.slice/docker-bbb.scope"
+    for d, ns in ((a, 2_500_000_000), (b, 7_000_000_000)):
+        d.mkdir(parents=True)
+        (d / "cpuacct.usage").write_text(f"{ns}\n")
+    s = CpuSampler(tmp_path / "proc", tmp_path)
+    got = {x.container_id: x.usage_seconds for x in s.sample_cgroups(
+        {"aaa": "/docker/aaa", "bbb": "/system.slice/docker-bbb.scope", "ccc": "/docker/ccc"})}
+    assert got == {"aaa": 2.5, "bbb": 7.0} and s.cgroup_missing == 1
+
+
+def test_cgroup_v2_cpu_stat_is_read(tmp_path):
+    """cgroup v2 usage is usage_usec of cpu.stat under the unified root."""
+    (tmp_path / "fs/cgroup").mkdir(parents=True)
+    (tmp_path / "fs/cgroup/cgroup.controllers").write_text("cpu memory pids\n")
+    d = tmp_path / "fs/cgroup/system.slice/docker-ccc.scope"
+    d.mkdir(parents=True)
+    (d / "cpu.stat").write_text("usage_usec 3250000\nuser_usec 3000000\nsystem_usec 250000\n")
+    got = CpuSampler(tmp_path / "proc", tmp_path).sample_cgroups({"ccc": "/system.slice/docker-ccc.scope"})
+    assert [(x.container_id, x.usage_seconds) for x in got] == [("ccc", 3.25)]
+
+
+def test_cgroup_paths_cannot_climb_out(tmp_path):
+    """A path with '..' is refused, not followed."""
+    s = CpuSampler(tmp_path / "proc", tmp_path)
+    assert s.sample_cgroups({"x": "/docker/../../etc"}) == [] and s.cgroup_missing == 1
+
+
+def test_host_artefacts_from_a_fake_sys(tmp_path):
+    """Reserved huge pages (all sizes) and the msr module with allow_writes are read."""
+    mm = tmp_path / "kernel/mm/hugepages"
+    for size, n in (("2048", 1280), ("1048576", 1)):
+        (mm / f"hugepages-{size}kB").mkdir(parents=True)
+        (mm / f"hugepages-{size}kB/nr_hugepages").write_text(f"{n}\n")
+    (tmp_path / "module/msr/parameters").mkdir(parents=True)
+    (tmp_path / "module/msr/parameters/allow_writes").write_text("on\n")
+    h = CpuSampler(tmp_path / "proc", tmp_path).host_artefacts()
+    assert (h.nr_hugepages_total, h.hugepages_kb_total, h.msr_loaded, h.msr_allow_writes) == (
+        1281, 1280 * 2048 + 1048576, True, "on")
+
+
+def test_host_artefacts_fall_back_to_numa_nodes_and_no_msr(tmp_path):
+    """Without the global directory, per-node huge pages are summed; no msr module reads as not loaded."""
+    for node, n in (("node0", 600), ("node1", 568)):
+        d = tmp_path / f"devices/system/node/{node}/hugepages/hugepages-2048kB"
+        d.mkdir(parents=True)
+        (d / "nr_hugepages").write_text(f"{n}\n")
+    h = CpuSampler(tmp_path / "proc", tmp_path).host_artefacts()
+    assert (h.nr_hugepages_total, h.msr_loaded, h.msr_allow_writes) == (1168, False, "")
+
+
+# -------------------------------------------------------------------- real processes
+
+
+def sample_for(sampler: CpuSampler, pid: int, seconds: float, **kw) -> list:
+    out = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        out.extend(sampler.sample([pid], **kw))
+        time.sleep(1.0)
+    return out
+
+
+def test_real_burner_shows_busy_threads(spawn, helper_bins):
+    """burner -t 2 keeps the CPU busy and its hashing threads show as busy (thresholds generous: 2 shared, loaded cores)."""
+    p = spawn([helper_bins.burner, "-t", "2", "--seconds", "60"])
+    samples = sample_for(CpuSampler(detail_core=0.2), p.pid, 6)
+    assert (samples[-1].cpu_seconds_total - samples[1].cpu_seconds_total) / (samples[-1].t - samples[1].t) > 0.25
+    detailed = [s for s in samples if s.per_thread_busy]
+    assert detailed and max(sum(1 for b in s.per_thread_busy if b > 0.1) for s in detailed) >= 1
+    assert detailed[-1].threads == 3 and detailed[-1].hugetlb_kb == 0
+
+
+def test_real_sleep_is_idle(spawn):
+    """An idle sleep uses about no CPU and is never read in detail."""
+    p = spawn(["sleep", "60"])
+    samples = sample_for(CpuSampler(), p.pid, 3)
+    assert samples[-1].cpu_seconds_total - samples[0].cpu_seconds_total < 0.05
+    assert all(s.hugetlb_kb is None for s in samples)
+
+
+def test_real_randomx_sized_allocation_is_seen(spawn, helper_bins):
+    """A process that allocates 260 MiB of anonymous memory shows a ~260 MiB big mapping."""
+    p = spawn([helper_bins.fakeminer, "-t", "0", "--alloc-mb", "260", "--seconds", "60", "-o", "127.0.0.1:9"],
+              stderr=open(os.devnull, "wb"))
+    sampler = CpuSampler()
+
+    def seen():
+        s = sampler.sample([p.pid], detail={p.pid})
+        return s and any(255 <= mb <= 270 for mb in s[0].anon_big_mappings_mb)
+
+    procs.wait_until(seen, timeout=20, interval=0.5, message="260 MiB mapping")
+
+
+def test_real_container_cgroup_usage_grows(docker_run, base_image):
+    """A burner container's cgroup CPU counter (this host's layout) grows like a busy process (> 0.25 core: shared host)."""
+    c = docker_run(base_image, ["burner", "-t", "2", "--seconds", "120"])
+    pid = procs.wait_until(lambda: procs.pids_in_cgroup_of(c.id), timeout=30, message="container pid")[0]
+    cid, _runtime, path = cgroups.parse_cgroup(procs.cgroup(pid))
+    assert cid == c.id
+    sampler = CpuSampler()
+    first, = sampler.sample_cgroups({cid: path})
+    time.sleep(3)
+    second, = sampler.sample_cgroups({cid: path})
+    assert (second.usage_seconds - first.usage_seconds) / (second.t - first.t) > 0.25
+
+
+def test_sampling_many_idle_processes_is_cheap(spawn):
+    """Sampling a few hundred idle processes costs well under a millisecond of CPU each (generous: shared host)."""
+    for _ in range(200):
+        spawn(["sleep", "120"])
+    pids = procs.pids()
+    sampler = CpuSampler()
+    sampler.sample(pids)
+    t0 = time.process_time()
+    samples = sampler.sample(pids)
+    spent = time.process_time() - t0
+    assert len(samples) >= 200 and spent / len(samples) < 1e-3
