@@ -43,6 +43,14 @@ def finding_id(*parts: str) -> str:
     return hashlib.sha256("\x1f".join(parts).encode("utf-8", "backslashreplace")).hexdigest()[:32]
 
 
+def incident_id(container_id: str, host_subject: str) -> str:
+    """One incident per container (its processes, files and image are one story for the SOC);
+    on the host, one per executable or file (``host_subject``: a SHA-256 or a path)."""
+    if container_id:
+        return finding_id("container", container_id)
+    return finding_id("host", host_subject)
+
+
 def _rule_name(evidence: list[Evidence]) -> str:
     top = max(evidence, key=lambda e: (e.floor, e.weight))
     return _TITLES.get(top.rule.split("@", 1)[0], top.signal)
@@ -81,8 +89,7 @@ class Engine:
             return None
         evidence.extend(extra)
         sev, score = severity_of(evidence)
-        subject = proc.hashes.sha256 if proc.hashes else (proc.exe or proc.name)
-        fid = finding_id("process", proc.container_id or "host", subject)
+        fid = incident_id(proc.container_id, proc.hashes.sha256 if proc.hashes else (proc.exe or proc.name))
         return Finding(fid, sev, score, _rule_name(evidence), tuple(evidence), process=proc, container=ctx.container,
                        category=("malware", "process"))
 
@@ -91,8 +98,7 @@ class Engine:
         if not evidence:
             return None
         sev, score = severity_of(evidence)
-        subject = file.hashes.sha256 if file.hashes else file.path
-        fid = finding_id("file", file.container_id or "host", file.path, subject)
+        fid = incident_id(file.container_id, file.path + "\x1f" + (file.hashes.sha256 if file.hashes else ""))
         return Finding(fid, sev, score, _rule_name(evidence), tuple(evidence), file=file, container=ctx.container,
                        category=("malware", "file"))
 
@@ -102,6 +108,6 @@ class Engine:
         if not evidence:
             return None
         sev, score = severity_of(evidence)
-        fid = finding_id("container", container.id)
+        fid = incident_id(container.id, "")
         return Finding(fid, sev, score, _rule_name(evidence), tuple(evidence), container=container,
                        category=("malware", "configuration"))

@@ -258,6 +258,10 @@ class WatchState:
         tracked.interesting = True
         if finding.severity > tracked.severity:
             tracked.severity = finding.severity
+        if (not memory and finding.severity >= Severity.MEDIUM and self.behaviour is not None
+                and not any(e.signal == "yara" for e in finding.evidence)):
+            # Suspicious but nothing in its file: a packed miner shows itself in memory once it runs.
+            self.behaviour.request_scan(snap.pid, snap.start_ticks, self.clock())
         self.emit(finding)
         return finding
 
