@@ -45,7 +45,7 @@ def finding_id(*parts: str) -> str:
 
 def incident_id(container_id: str, host_subject: str) -> str:
     """One incident per container (its processes, files and image are one story for the SOC);
-    on the host, one per executable or file (``host_subject``: a SHA-256 or a path)."""
+    on the host, one per executable or file (``host_subject``: its path and SHA-256)."""
     if container_id:
         return finding_id("container", container_id)
     return finding_id("host", host_subject)
@@ -89,7 +89,7 @@ class Engine:
             return None
         evidence.extend(extra)
         sev, score = severity_of(evidence)
-        fid = incident_id(proc.container_id, proc.hashes.sha256 if proc.hashes else (proc.exe or proc.name))
+        fid = incident_id(proc.container_id, f"{proc.exe or proc.name}\x1f{proc.hashes.sha256 if proc.hashes else ''}")
         return Finding(fid, sev, score, _rule_name(evidence), tuple(evidence), process=proc, container=ctx.container,
                        category=("malware", "process"))
 

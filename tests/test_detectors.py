@@ -151,3 +151,26 @@ def test_image_env_with_stratum_url():
     c = ContainerInfo(id="x", image="busybox", env=("POOL_URL=stratum+tcp://127.0.0.1:3333",))
     details = " ".join(e.detail for e in image_policy.detect(c, Context(SIGS)))
     assert "stratum" in details and "POOL_URL" in details
+
+
+def test_image_label_with_stratum_url():
+    """A stratum URL in an image label is image evidence too (scan-image checks labels)."""
+    c = ContainerInfo(id="x", image="busybox", labels=(("pool", "stratum+tcp://127.0.0.1:3333"),))
+    assert any("stratum" in e.detail for e in image_policy.detect(c, Context(SIGS)))
+
+
+def test_config_next_to_the_executable_or_named_by_flag_is_strong():
+    """A miner config loaded by the process (beside its binary, or -c) is strong evidence."""
+    cfg = MinerConfig("/opt/w/config.json", pools=("p.example:443",))
+    beside = ProcessSnapshot(pid=1, exe="/opt/w/worker", cwd="/", miner_config=cfg)
+    flagged = ProcessSnapshot(pid=1, exe="/usr/bin/w", cwd="/opt/w", cmdline=("w", "-c", "config.json"), miner_config=cfg)
+    for proc in (beside, flagged):
+        assert any(e.signal == "config" and e.strong and e.weight >= 35 for e in cmdline.detect(proc, CTX))
+
+
+def test_config_only_in_the_working_directory_is_weak():
+    """A shell (or `sh -c`) whose working directory holds someone's config.json is not a miner on that alone."""
+    cfg = MinerConfig("/tmp/x/config.json", pools=("p.example:443",), users=(WALLET,))
+    shell = ProcessSnapshot(pid=1, exe="/usr/bin/bash", cwd="/tmp/x", cmdline=("bash", "-c", "ls"), miner_config=cfg)
+    evs = cmdline.detect(shell, CTX)
+    assert evs and not any(e.strong for e in evs)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import posixpath
+
+from agent.collectors.minerconfig import config_args
 from agent.detectors.base import Context
 from agent.detectors.pool_urls import cmdline_urls, parse_endpoint
 from agent.model import Evidence, ProcessSnapshot
@@ -42,13 +45,25 @@ def _command_line(proc: ProcessSnapshot, ctx: Context) -> list[Evidence]:
     return out
 
 
+def _config_is_its_own(proc: ProcessSnapshot, path: str) -> bool:
+    """Named by -c/--config, or next to the executable: the process loads it. A config that merely
+    sits in the working directory may belong to someone else (a shell, an admin looking at it)."""
+    named = {posixpath.normpath(posixpath.join(proc.cwd or "/", arg)) for arg in config_args(proc.cmdline)}
+    if path in named:
+        return True
+    return bool(proc.exe) and posixpath.dirname(path) == posixpath.dirname(proc.exe)
+
+
 def _config(proc: ProcessSnapshot, ctx: Context) -> list[Evidence]:
     cfg = proc.miner_config
     if cfg is None:
         return []
+    own = _config_is_its_own(proc, cfg.path)
+    where = "" if own else " in its working directory"
     out: list[Evidence] = []
     if cfg.pools:
-        out.append(Evidence("config", f"miner config {cfg.path} names pool(s) {_clip(', '.join(cfg.pools))}", 35, _RULE))
+        out.append(Evidence("config", f"miner config {cfg.path}{where} names pool(s) {_clip(', '.join(cfg.pools))}",
+                            35 if own else 10, _RULE, strong=own))
         for url in cfg.pools:
             ep = parse_endpoint(url)
             if ep and (entry := ctx.signatures.pool_domain(ep[0])):
@@ -56,11 +71,13 @@ def _config(proc: ProcessSnapshot, ctx: Context) -> list[Evidence]:
                                     destination=("", ep[1], ep[0])))
                 break
     elif cfg.keys:
-        out.append(Evidence("config", f"miner config {cfg.path} has miner keys {', '.join(cfg.keys)}", 20, _RULE))
+        out.append(Evidence("config", f"miner config {cfg.path}{where} has miner keys {', '.join(cfg.keys)}",
+                            20 if own else 5, _RULE, strong=own))
     for user in cfg.users:
         for pat in ctx.signatures.wallet_patterns:
             if pat.regex.search(user):
-                out.append(Evidence("config", f"{pat.name} wallet address in {cfg.path}", pat.weight, _RULE))
+                out.append(Evidence("config", f"{pat.name} wallet address in {cfg.path}{where}",
+                                    pat.weight if own else 5, _RULE, strong=own))
                 return out
     return out
 
