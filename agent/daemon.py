@@ -92,7 +92,8 @@ class Daemon:
                 last_status = status
         self.notifier.stopping()
         log.info("stopping")
-        self._worker.join(10)
+        # The worker finishes its current event; a long scan is not waited for (it is a daemon thread).
+        self._worker.join(3)
         self.state.stop()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
