@@ -10,7 +10,6 @@ Threads and who owns what:
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 import time
@@ -19,16 +18,17 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from agent import alert, config as config_mod, signatures as signatures_mod
+from agent import config as config_mod, signatures as signatures_mod
 from agent.config import Config
 from agent.errors import MinerwatchError
-from agent.events import ContainerEvent, EventQueue, ExecEvent, FileEvent
-from agent.model import Finding, Severity
+from agent.events import ContainerEvent, EventQueue
 from agent.signatures import Signatures
 from agent.systemd_notify import Notifier
 from agent.watch_state import WatchState
 
 log = structlog.get_logger("minerwatch.daemon")
+
+STATUS_EVERY_S = 10.0  # how often the STATUS= line shown by `systemctl status` is refreshed
 
 
 @dataclass
@@ -75,7 +75,7 @@ class Daemon:
         self.notifier.ready(self.state.status_line())
         log.info("started", status=self.state.status_line())
         ping_every = self.notifier.watchdog_interval() or 5.0
-        last_status = ""
+        last_status = self.clock()
         while not self.stop_event.wait(min(ping_every, 1.0)):
             if self.reload_event.is_set():
                 self.reload_event.clear()
@@ -86,10 +86,9 @@ class Daemon:
                 self.notifier.watchdog()
             else:
                 log.error("worker_stalled", alive=self._worker.is_alive(), since=round(self.clock() - self.heartbeat, 1))
-            status = self.state.status_line()
-            if status != last_status:
-                self.notifier.status(status)
-                last_status = status
+            if self.clock() - last_status >= STATUS_EVERY_S:
+                self.notifier.status(self.state.status_line())
+                last_status = self.clock()
         self.notifier.stopping()
         log.info("stopping")
         # The worker finishes its current event; a long scan is not waited for (it is a daemon thread).

@@ -15,7 +15,7 @@ from agent.model import ContainerInfo, Evidence, FileSnapshot, Finding, ProcessS
 log = structlog.get_logger("minerwatch.engine")
 
 # Score thresholds; floors (hash, YARA) and ceilings (weak-only, image-only) apply after.
-_THRESHOLDS = ((80, Severity.CRITICAL), (55, Severity.HIGH), (30, Severity.MEDIUM), (1, Severity.LOW))
+_THRESHOLDS = ((90, Severity.CRITICAL), (55, Severity.HIGH), (30, Severity.MEDIUM), (1, Severity.LOW))
 _TITLES = {d.ID: d.TITLE for d in detectors.ALL}
 
 

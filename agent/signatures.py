@@ -38,8 +38,9 @@ with ``weight`` (1-100), ``category`` (miner | miner-suspect | packer), ``tier``
 ``scope`` (file | memory | any); every active rule is guaranteed to have them.
 
 The file formats are documented in signatures/README.md. Loading reads and validates
-data only: YARA is compiled with includes disabled and a short list of allowed modules,
-no externals; nothing from the bundle is executed.
+data only: YARA is compiled with includes disabled, a short list of allowed modules and
+one boolean external, ``mw_memory_scan`` (false unless a memory scan sets it); nothing from
+the bundle is executed.
 """
 
 from __future__ import annotations
@@ -133,6 +134,9 @@ YARA_MODULES = frozenset({"elf", "pe", "math", "hash", "string", "time"})
 YARA_CATEGORIES = frozenset({"miner", "miner-suspect", "packer"})
 YARA_TIERS = frozenset({"stable", "incubating", "sandbox"})
 YARA_SCOPES = frozenset({"file", "memory", "any"})
+# The only external a rule may use: compiled false (every file scan); YaraScanner.scan_memory
+# sets it true at match time for data read from process memory.
+YARA_MEMORY_EXTERNAL = "mw_memory_scan"
 
 _SEPARATOR = re.compile(r"(?:^|\s+)\|(?:\s+|$)")
 _HEX = re.compile(r"[0-9a-f]+")
@@ -491,7 +495,8 @@ def _compile(r: _Reader, files: dict[str, str]) -> Any:
     """
     try:
         return yara.compile(sources={PurePosixPath(rel).stem: text for rel, text in files.items()},
-                            includes=False, error_on_warning=True)
+                            includes=False, error_on_warning=True,
+                            externals={YARA_MEMORY_EXTERNAL: False})
     except yara.Error as exc:  # SyntaxError or WarningError, both "line N: message"
         if len(files) == 1:
             rel = next(iter(files))

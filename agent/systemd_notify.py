@@ -36,7 +36,8 @@ class Notifier:
         if not self.address:
             return False
         try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            # Non-blocking: a reader that stopped reading must never stall the agent's main loop.
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK) as sock:
                 sock.sendto("\n".join(lines).encode(), self.address)
             return True
         except OSError as exc:  # systemd gone or socket unwritable: count, keep running

@@ -127,5 +127,6 @@ class AgentProcess:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(5)
         self._log.close()
+        self.read_notify(0.3)  # STOPPING=1 and anything else sent while it shut down
         self.notify.close()
         return self.proc.returncode

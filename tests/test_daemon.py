@@ -12,8 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.agentproc import AgentProcess
-from tests.helpers import procs
-from tests.helpers.containers import TEST_WALLET, wait_for_process
+from tests.helpers.containers import TEST_WALLET
 from tests.helpers.pool import FakePool
 
 RANK = {"low": 1, "medium": 2, "high": 3, "critical": 4}
@@ -139,7 +138,7 @@ def test_sd_notify_ready_status_and_watchdog(tmp_path, docker_client):
         a.wait_notify("WATCHDOG=1", 10)
     finally:
         assert a.stop() == 0
-    assert any("STOPPING=1" in m for m in a.read_notify(0.5))
+    assert any("STOPPING=1" in m for m in a.messages)
 
 
 def test_short_lived_host_miner_caught_from_its_exec_event(tmp_path, helper_bins, spawn, docker_client):

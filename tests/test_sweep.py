@@ -9,10 +9,8 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
-import pytest
 
 from tests.helpers import procs
 from tests.helpers.containers import TEST_WALLET

@@ -6,7 +6,6 @@ import sys
 
 import click
 
-from agent import __version__
 from agent.errors import MinerwatchError
 
 

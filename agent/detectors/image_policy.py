@@ -95,7 +95,8 @@ def detect(container: ContainerInfo, ctx: Context) -> list[Evidence]:
         if (entry := sig.launchers.get(base)) is not None:
             out.append(Evidence("image", f"entrypoint/command runs the known miner launcher {base!r}; source: {entry.source}", 35, _RULE))
             break
-    config_text = " ".join([*words, *container.env])
+    labels = [f"{k}={v}" for k, v in container.labels]
+    config_text = " ".join([*words, *container.env, *labels])
     for pat in sig.cmdline_patterns:
         if m := pat.regex.search(config_text):
             out.append(Evidence("image", f"container config: {pat.name}: {m.group(0)[:120]!r}", min(pat.weight, 40), _RULE))
