@@ -43,6 +43,7 @@ class DaemonStats:
     reloads: int = 0
     reload_failures: int = 0
     worker_errors: int = 0
+    alert_spool_errors: int = 0
 
 
 class Daemon:

@@ -30,7 +30,7 @@ class Inspector:
             proc_root=Path(config.agent.proc_root), hash_cache=self.hash_cache, max_exe_bytes=self.max_bytes,
             env_names=frozenset(n for n in signatures.env_vars if not n.endswith("*")),
         )
-        self.yara = YaraScanner(signatures.yara, max_bytes=self.max_bytes)
+        self.yara = YaraScanner(signatures.yara, max_bytes=self.max_bytes, proc_root=config.agent.proc_root)
         self.engine = Engine()
         self.context = Context(signatures=signatures, image_allow=config.images.allow)
 

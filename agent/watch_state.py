@@ -21,6 +21,7 @@ from agent.events import ContainerEvent, EventQueue, ExecEvent, FileEvent
 from agent.inspector import Inspector
 from agent.model import ContainerInfo, Evidence, Finding, ProcessSnapshot, Severity
 from agent.signatures import Signatures
+from agent.sinks.pipeline import SpoolError
 
 log = structlog.get_logger("minerwatch.watch")
 
@@ -331,7 +332,11 @@ class WatchState:
         self.stats.findings[finding.severity.word] += 1
         if finding.severity < self.config.alert_severity:
             return
-        self.alerts.submit(alert.build(finding))
+        try:
+            self.alerts.submit(alert.build(finding))
+        except SpoolError as exc:  # disk full or state dir unusable: say so loudly, keep detecting
+            self.stats.alert_spool_errors += 1
+            log.error("alert_not_spooled", finding=finding.finding_id, severity=finding.severity.word, error=str(exc))
 
     def status_line(self) -> str:
         docker = "docker events" if self.docker_watcher is not None and self.docker_watcher.connected else "no docker (process-only)"

@@ -304,6 +304,17 @@ def test_xmrig_rules_give_one_verdict_per_scan(sig):
     assert [m.rule for m in sig.yara.match(data=blob) if m.namespace == "xmrig"] == ["MW_XMRig_ELF"]
 
 
+def test_mw_memory_scan_switches_memory_rules_on_and_file_rules_off(sig):
+    """With mw_memory_scan set, XMRig strings hit the memory rule even behind an ELF header; file rules stay off."""
+    strings = b"\0".join(xmrig_strings()) + b"\0"
+    elf = b"\x7fELF\x02\x01\x01" + b"\0" * 57 + strings + b"UPX!\0"
+    memory = {"mw_memory_scan": True}
+    assert [m.rule for m in sig.yara.match(data=elf, externals=memory) if m.namespace != "miners"] == \
+        ["MW_XMRig_Memory"]
+    assert [m.rule for m in sig.yara.match(data=b"\0" * 16 + strings, externals=memory)] == ["MW_XMRig_Memory"]
+    assert sig.yara.match(data=b"notes\n" + strings) == []  # the external defaults to false: a file scan
+
+
 def test_memory_scan_finds_an_obfuscated_miner_that_a_file_scan_misses(sig, helper_bins, spawn):
     """The running fakeminer-plain (XOR-encoded strings) matches the memory rule; its file does not."""
     binary = helper_bins["fakeminer-plain"]

@@ -15,8 +15,9 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from agent.cli import run_cmd, signatures_cmd, sweep_cmd, version_cmd
+    from agent.cli import alerts_cmd, run_cmd, signatures_cmd, sweep_cmd, version_cmd
 
+    cli.add_command(alerts_cmd.alerts)
     cli.add_command(run_cmd.run)
     cli.add_command(sweep_cmd.sweep)
     cli.add_command(signatures_cmd.signatures)

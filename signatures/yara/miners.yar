@@ -2,7 +2,8 @@
  * Generic miner rules: stratum clients, cpuminer, RandomX and host tuning done by miners.
  * Authored by minerwatch from public facts (sources in each rule's meta). Meta keys are
  * described at the top of xmrig.yar. Like those, every rule here fires only on an ELF file or
- * in process memory (where uint32(0) is undefined), never on text.
+ * in process memory (mw_memory_scan, or uint32(0) undefined in a whole-process scan), never
+ * on text.
  */
 
 rule MW_Stratum_Client
@@ -29,7 +30,7 @@ rule MW_Stratum_Client
         $agent = "\"agent\":\""
 
     condition:
-        (not defined uint32(0) or uint32(0) == 0x464c457f) and
+        (mw_memory_scan or not defined uint32(0) or uint32(0) == 0x464c457f) and
         ((1 of ($url_*) and (1 of ($rpc_*) or ($login and $agent))) or 3 of ($rpc_*))
 }
 
@@ -51,7 +52,7 @@ rule MW_CPUMiner
         $ext = "cpuminer 2.2.3X-Mining-Extensions"
 
     condition:
-        (not defined uint32(0) or uint32(0) == 0x464c457f) and 2 of them
+        (mw_memory_scan or not defined uint32(0) or uint32(0) == 0x464c457f) and 2 of them
 }
 
 rule MW_RandomX_Salt
@@ -73,7 +74,7 @@ rule MW_RandomX_Salt
         $yada = { 52 61 6E 64 6F 6D 58 59 61 64 61 43 6F 69 6E 03 }     // "RandomXYadaCoin\x03"
 
     condition:
-        (not defined uint32(0) or uint32(0) == 0x464c457f) and 1 of them
+        (mw_memory_scan or not defined uint32(0) or uint32(0) == 0x464c457f) and 1 of them
 }
 
 rule MW_Miner_MSR_HugePages
@@ -94,5 +95,5 @@ rule MW_Miner_MSR_HugePages
         $hp_sysctl = "/proc/sys/vm/nr_hugepages"
 
     condition:
-        (not defined uint32(0) or uint32(0) == 0x464c457f) and 1 of ($msr_*) and 1 of ($hp_*)
+        (mw_memory_scan or not defined uint32(0) or uint32(0) == 0x464c457f) and 1 of ($msr_*) and 1 of ($hp_*)
 }

@@ -17,5 +17,5 @@ rule MW_UPX_Packed_ELF
         $upx = "UPX!"
 
     condition:
-        uint32(0) == 0x464c457f and $upx
+        not mw_memory_scan and uint32(0) == 0x464c457f and $upx
 }

@@ -6,9 +6,12 @@
  * category (miner | miner-suspect | packer), tier (stable | incubating | sandbox),
  * scope (file | memory | any: what the rule is written for).
  *
- * Every active rule fires only on an ELF file or in process memory (where uint32(0) is
- * undefined), never on text: rule files, documentation and test sources that quote these
- * strings must not look like miners.
+ * Every active rule fires only on an ELF file or in process memory, never on text: rule
+ * files, documentation and test sources that quote these strings must not look like miners.
+ * Process memory is told apart by the external mw_memory_scan (true only when minerwatch
+ * scans regions read from /proc/PID/mem) or, in a whole-process YARA scan (pid=), by an
+ * unmapped offset 0 (uint32(0) undefined). File rules require "not mw_memory_scan", so an
+ * executable's mapped ELF header never makes a memory scan look like a file scan.
  */
 
 rule MW_XMRig_ELF
@@ -35,7 +38,7 @@ rule MW_XMRig_ELF
         $wizard = "xmrig.com/wizard"
 
     condition:
-        uint32(0) == 0x464c457f and 3 of them
+        not mw_memory_scan and uint32(0) == 0x464c457f and 3 of them
 }
 
 rule MW_XMRig_Memory
@@ -61,7 +64,8 @@ rule MW_XMRig_Memory
         $wizard = "xmrig.com/wizard"
 
     condition:
-        // Process scans only: there offset 0 is unmapped, so uint32(0) is undefined. In a
-        // file scan it is defined, so text (docs, this file) never matches.
-        not defined uint32(0) and 4 of them
+        // Process scans only: minerwatch's region scan sets mw_memory_scan; in a whole-process
+        // scan offset 0 is unmapped, so uint32(0) is undefined. In a file scan neither holds,
+        // so text (docs, this file) never matches.
+        (mw_memory_scan or not defined uint32(0)) and 4 of them
 }
