@@ -175,3 +175,29 @@ def test_sighup_with_broken_signatures_keeps_last_good_and_sigterm_exits_fast(tm
     assert a.proc.wait(5) == 0
     assert time.monotonic() - t < 2.0
     a.stop()
+
+
+def test_docker_restart_miner_started_in_the_outage_is_detected(tmp_path, docker_client):
+    """dockerd restarts under a running agent; a miner container started right after is detected; the agent lives on."""
+    from tests.helpers.second_dockerd import SecondDockerd
+
+    d2 = SecondDockerd()
+    a = None
+    try:
+        d2.start()
+        image = d2.load_busybox_image()
+        a = AgentProcess(tmp_path / "restart", interval=2.0, docker_url=d2.url).start()
+        d2.stop()
+        d2.start()
+        client = d2.client()
+        c = client.containers.run(image, ["sh", "-c", f"sleep 120; echo -o stratum+tcp://127.0.0.1:3333 -u {TEST_WALLET}"],
+                                  detach=True, network_mode="none", name="mwtest-d2-miner")
+        alert = a.wait_alert(lambda x: x.get("container", {}).get("id") == c.id, 30.0, "alert after the reconnect")
+        assert at_least(alert, "medium")
+        events = [e.get("event") for e in a.log_events()]
+        assert events.count("docker_connected") >= 2 and "docker_disconnected" in events
+        assert a.proc.poll() is None
+    finally:
+        if a is not None:
+            assert a.stop() == 0
+        d2.cleanup()
