@@ -162,7 +162,7 @@ class FileInspector:
         if snap.hashes is None:
             self.counters["too_large" if st.st_size > self.max_bytes else "unhashed"] += 1
         elif self.yara_scanner is not None:
-            snap = dataclasses.replace(snap, yara=self.yara_scanner.scan_file(pinned, snap.hashes.sha256))
+            snap = dataclasses.replace(snap, yara=self.yara_scanner.scan_file(pinned))
         self.counters["snapshots"] += 1
         return dataclasses.replace(snap, path=shown)
 

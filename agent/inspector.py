@@ -12,7 +12,7 @@ from pathlib import Path
 
 from agent.collectors.hashing import HashCache
 from agent.collectors.procfs import ProcfsCollector
-from agent.collectors.yarascan import YaraScanner
+from agent.collectors.yarascan import YARA_FILE_BYTES, YaraScanner
 from agent.config import Config
 from agent.detectors.base import Context
 from agent.engine import Engine
@@ -30,7 +30,10 @@ class Inspector:
             proc_root=Path(config.agent.proc_root), hash_cache=self.hash_cache, max_exe_bytes=self.max_bytes,
             env_names=frozenset(n for n in signatures.env_vars if not n.endswith("*")),
         )
-        self.yara = YaraScanner(signatures.yara, max_bytes=self.max_bytes, proc_root=config.agent.proc_root)
+        # YARA reads a file into memory: its first YARA_FILE_BYTES (the agent's memory budget), all of it
+        # for ordinary miners (a static xmrig is under 10 MB); hashes still cover the whole file.
+        self.yara = YaraScanner(signatures.yara, max_bytes=min(self.max_bytes, YARA_FILE_BYTES),
+                                proc_root=config.agent.proc_root)
         self.engine = Engine()
         self.context = Context(signatures=signatures, image_allow=config.images.allow)
 
@@ -42,7 +45,7 @@ class Inspector:
         """Attach YARA hits on the process's executable (read through /proc/PID/exe, cached by SHA-256)."""
         if proc.hashes is None or proc.is_kernel_thread:
             return proc
-        hits = self.yara.scan_process_exe(self.config.agent.proc_root, proc.pid, proc.hashes.sha256)
+        hits = self.yara.scan_process_exe(self.config.agent.proc_root, proc.pid)
         return dataclasses.replace(proc, yara=proc.yara + hits) if hits else proc
 
     def scan_memory(self, proc: ProcessSnapshot) -> ProcessSnapshot:
@@ -63,9 +66,13 @@ class Inspector:
         return self.engine.evaluate_process(proc, self.container_context(container), extra=image_evidence,
                                             observed=observed)
 
+    def scan_host_file(self, snap: FileSnapshot) -> FileSnapshot:
+        """Attach YARA hits for a file on the host's own file system (``snap.path`` is a host path)."""
+        hits = self.yara.scan_file(snap.path)
+        return dataclasses.replace(snap, yara=hits) if hits else snap
+
     def judge_file(self, snap: FileSnapshot, container: ContainerInfo | None = None) -> Finding | None:
-        if snap.hashes is not None and not snap.yara:
-            snap = dataclasses.replace(snap, yara=self.yara.scan_file(snap.path, snap.hashes.sha256))
+        """Evaluate a collected (and already scanned) file snapshot."""
         return self.engine.evaluate_file(snap, self.container_context(container))
 
     def judge_container(self, container: ContainerInfo, evidence: list[Evidence]) -> Finding | None:

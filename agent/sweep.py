@@ -35,12 +35,16 @@ class SweepResult:
 
 
 class Sweeper:
-    """Runs one sweep with an Inspector; reusable, so its caches stay warm between runs."""
+    """Runs one sweep with an Inspector; reusable, so its caches stay warm between runs.
 
-    def __init__(self, config: Config, signatures: Signatures, *, docker_client=None) -> None:
+    ``respond``: apply the response policy to every finding (``sweep --respond``).
+    """
+
+    def __init__(self, config: Config, signatures: Signatures, *, docker_client=None, respond: bool = False) -> None:
         self.config = config
         self.inspector = Inspector(config, signatures)
         self.docker_client = docker_client
+        self.respond = respond
 
     def run(self, progress: Progress | None = None) -> SweepResult:
         started = time.monotonic()
@@ -78,13 +82,25 @@ class Sweeper:
 
         for snap in files.scan_paths(self.config.watch.paths, insp.hash_cache, insp.max_bytes):
             result.files += 1
-            if f := insp.judge_file(snap):
+            if f := insp.judge_file(insp.scan_host_file(snap)):
                 result.findings.append(f)
 
         result.findings = _merge(result.findings)
+        if self.respond:
+            result.findings = self._respond(result.findings)
         result.detector_errors = sum(insp.engine.errors.values())
         result.duration_s = time.monotonic() - started
         return result
+
+    def _respond(self, findings: list[Finding]) -> list[Finding]:
+        from agent.response import Responder, docker_factory
+        from agent.state_dir import prepare_state_dir
+
+        prepare_state_dir(self.config.agent.state_dir, self.config.source)
+        client = self.docker_client
+        factory = (lambda: client) if client is not None else docker_factory(self.config.docker.url)
+        responder = Responder(self.config, factory, state_dir=self.config.agent.state_dir, actor="minerwatch sweep")
+        return [responder.respond(f) for f in findings]
 
 
 def _merge(findings: list[Finding]) -> list[Finding]:

@@ -62,6 +62,7 @@ class WatchState:
         self.behaviour = None
         self.sampler = None
         self.alerts = None
+        self.responder = None
 
     # ------------------------------------------------------------------ start / stop (main thread)
 
@@ -72,6 +73,7 @@ class WatchState:
         from agent.collectors.fswatch import FileWatcher
         from agent.collectors.proc_connector import ConnectorUnavailable, ProcConnector
         from agent.file_worker import FileInspector
+        from agent.response import Responder
         from agent.sinks.pipeline import AlertPipeline
 
         cfg = self.config
@@ -79,6 +81,7 @@ class WatchState:
         self.own_container = own.container_id if own else ""
         self.alerts = AlertPipeline(cfg)
         self.alerts.start()
+        self.responder = Responder(cfg, self.docker_client, state_dir=cfg.agent.state_dir, clock=self.clock)
         self.behaviour = BehaviourModel(window_s=max(60.0, 12 * cfg.agent.interval), clock=self.clock)
         self.sampler = CpuSampler(proc_root=cfg.agent.proc_root, clock=self.clock)
         self.file_inspector = FileInspector(self.inspector.hash_cache, self.inspector.yara, self.inspector.max_bytes)
@@ -114,6 +117,10 @@ class WatchState:
         self.image_evidence = {cid: self.inspector.container_evidence(c) for cid, c in self.containers.items()}
         if hasattr(self.alerts, "reopen"):
             self.alerts.reopen()
+        if self.responder is not None:
+            from agent.response import Responder
+
+            self.responder = Responder(config, self.docker_client, state_dir=config.agent.state_dir, clock=self.clock)
         for key in ("docker", "alerts", "metrics"):
             if getattr(config, key) != getattr(old, key):
                 log.warning("reload_needs_restart", section=key)
@@ -206,10 +213,7 @@ class WatchState:
     def inspect_container_processes(self, container_id: str) -> None:
         """Inspect every process of a container now (a start event may come before its exec events)."""
         found = False
-        for pid in self.inspector.procfs.pids():
-            tracked = self.tracked.get(pid)
-            if tracked is not None and tracked.container_id and tracked.container_id != container_id:
-                continue
+        for pid in self.inspector.procfs.container_pids(container_id):
             snap = self.inspector.procfs.snapshot(pid)
             if snap is not None and snap.container_id == container_id:
                 found = True
@@ -330,7 +334,9 @@ class WatchState:
 
     def emit(self, finding: Finding) -> None:
         self.stats.findings[finding.severity.word] += 1
-        if finding.severity < self.config.alert_severity:
+        if self.responder is not None:
+            finding = self.responder.respond(finding)  # never raises; a failed action is alerted (dedupe lets it through)
+        if finding.severity < self.config.alert_severity and finding.response.result not in ("done", "failed"):
             return
         try:
             self.alerts.submit(alert.build(finding))

@@ -347,7 +347,7 @@ def test_obfuscated_miner_is_caught_by_memory_behaviour_and_network(spawn, helpe
     m = fast_model()
     until_candidate(CpuSampler(), m, p.pid)
     scanner = YaraScanner(bundle.yara)
-    assert scanner.scan_file(str(helper_bins.fakeminer_plain), None) == ()
+    assert scanner.scan_file(str(helper_bins.fakeminer_plain)) == ()
     hits = scanner.scan_memory(p.pid)
     assert "MW_XMRig_Memory" in {h.rule for h in hits}
     evidence = all_evidence(snapshot_of(p.pid, hits), Context(bundle), m.verdict(p.pid))

@@ -47,7 +47,7 @@ def _scan_until_hit(scanner: YaraScanner, pid: int, rule: str) -> set[str]:
 def test_obfuscated_miner_is_found_in_memory_but_not_in_its_file(rules, spawn, helper_bins):
     """fakeminer-plain's memory matches MW_XMRig_Memory as a memory hit; a file scan of its binary finds nothing."""
     scanner = YaraScanner(rules)
-    assert scanner.scan_file(str(helper_bins.fakeminer_plain), None) == ()
+    assert scanner.scan_file(str(helper_bins.fakeminer_plain)) == ()
     pid = _fakeminer_plain(spawn, helper_bins)
     found = _scan_until_hit(scanner, pid, "MW_XMRig_Memory")
     assert "MW_XMRig_ELF" not in found and "MW_UPX_Packed_ELF" not in found
@@ -159,5 +159,5 @@ def test_plan_regions_orders_skips_and_caps():
 def test_signature_texts_never_match_as_files(rules, name):
     """The rule files and the bundle README quote miner strings, yet a file scan of them matches nothing."""
     path = Path(load_bundle().directory) / name
-    assert YaraScanner(rules).scan_file(str(path), None) == ()
+    assert YaraScanner(rules).scan_file(str(path)) == ()
     assert rules.match(str(path)) == []

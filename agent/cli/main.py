@@ -15,9 +15,10 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from agent.cli import alerts_cmd, run_cmd, scan_image_cmd, signatures_cmd, sweep_cmd, version_cmd
+    from agent.cli import alerts_cmd, release_cmd, run_cmd, scan_image_cmd, signatures_cmd, sweep_cmd, version_cmd
 
     cli.add_command(alerts_cmd.alerts)
+    cli.add_command(release_cmd.release)
     cli.add_command(scan_image_cmd.scan_image)
     cli.add_command(run_cmd.run)
     cli.add_command(sweep_cmd.sweep)

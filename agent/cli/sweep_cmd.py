@@ -21,7 +21,8 @@ LEVELS = ["low", "medium", "high", "critical"]
               help="Configuration file (default /etc/minerwatch/config.toml when it exists).")
 @click.option("--min-severity", type=click.Choice(LEVELS), default=None,
               help="Report findings at or above this level (default: [detect] alert_severity, medium).")
-def sweep(as_json: bool, config_path: str | None, min_severity: str | None) -> int:
+@click.option("--respond", is_flag=True, help="Apply the [response] policy: pause containers whose findings reach pause_severity.")
+def sweep(as_json: bool, config_path: str | None, min_severity: str | None, respond: bool) -> int:
     """Sweep every process (host and containers), running containers and watched paths."""
     from agent import alert, config, logging_setup, signatures
     from agent.report import Reporter
@@ -33,7 +34,7 @@ def sweep(as_json: bool, config_path: str | None, min_severity: str | None) -> i
     level = Severity.parse(min_severity) if min_severity else cfg.alert_severity
     reporter = Reporter(sys.stderr, enabled=not as_json or sys.stderr.isatty())
     with reporter.progress() as progress:
-        result = Sweeper(cfg, sig).run(progress=progress)
+        result = Sweeper(cfg, sig, respond=respond).run(progress=progress)
     shown = [f for f in result.findings if f.severity >= level]
     if as_json:
         click.echo(json.dumps([alert.build(f) for f in shown], indent=None, ensure_ascii=False))

@@ -308,6 +308,19 @@ class ProcfsCollector:
         """PIDs (thread-group leaders) currently listed in ``proc_root``, ascending."""
         return sorted(int(n) for n in os.listdir(self._root) if n.isdigit())
 
+    def container_pids(self, container_id: str) -> list[int]:
+        """PIDs whose cgroup names ``container_id``: one small read per process, no snapshots."""
+        found = []
+        for pid in self.pids():
+            try:
+                with open(f"{self._root}/{pid}/cgroup", "rb") as fh:
+                    text = decode(fh.read(65536))
+            except OSError:  # vanished or unreadable: not attributable now, the periodic scan retries
+                continue
+            if cgroups.parse_cgroup(text)[0] == container_id:
+                found.append(pid)
+        return found
+
     def begin_sweep(self) -> None:
         """Forget per-sweep caches (network tables); ``snapshot_all`` calls it itself."""
         self.net_tables.clear()

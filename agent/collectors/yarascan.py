@@ -18,7 +18,6 @@ across regions as a whole-process scan would.
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import stat
 import threading
@@ -28,12 +27,14 @@ from dataclasses import dataclass
 import structlog
 import yara
 
+from agent.collectors.hashing import cache_key
 from agent.model import YaraHit
 from agent.signatures import YARA_MEMORY_EXTERNAL
 
 log = structlog.get_logger("minerwatch.yara")
 
 _CACHE_MAX = 4096
+YARA_FILE_BYTES = 32 << 20  # the most of one file the agent reads into memory for YARA
 
 
 def hits_from_matches(matches, source: str) -> tuple[YaraHit, ...]:
@@ -58,8 +59,8 @@ def hits_from_matches(matches, source: str) -> tuple[YaraHit, ...]:
     return tuple(out)
 
 
-def _read_regular(path: str, limit: int, *, follow: bool = False) -> bytes | None:
-    """Read at most ``limit`` bytes of a regular file without opening a FIFO/device.
+def _open_regular(path: str, *, follow: bool = False) -> int | None:
+    """An fd on the regular file at ``path``, never blocking on a FIFO or opening a device.
 
     A final symlink is never followed unless ``follow`` (only for ``/proc/PID/exe``, a magic link).
     """
@@ -67,19 +68,21 @@ def _read_regular(path: str, limit: int, *, follow: bool = False) -> bytes | Non
     if not follow:
         flags |= os.O_NOFOLLOW
     fd = os.open(path, flags)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        chunks, left = [], limit
-        while left > 0:
-            chunk = os.read(fd, min(left, 1 << 20))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            left -= len(chunk)
-        return b"".join(chunks)
-    finally:
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
+        return None
+    return fd
+
+
+def _read_head(fd: int, limit: int) -> bytes:
+    chunks, left = [], limit
+    while left > 0:
+        chunk = os.read(fd, min(left, 1 << 20))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,38 +210,43 @@ class YaraScanner:
         self._memory = dict.fromkeys(
             ("scans", "bytes", "regions", "regions_skipped", "regions_truncated", "unreadable_pages", "errors"), 0)
 
-    def scan_process_exe(self, proc_root: str, pid: int, sha256: str | None) -> tuple[YaraHit, ...]:
+    def scan_process_exe(self, proc_root: str, pid: int) -> tuple[YaraHit, ...]:
         """YARA hits for a process's executable, read through the ``/proc/PID/exe`` magic link."""
-        return self.scan_file(f"{proc_root}/{pid}/exe", sha256, follow=True)
+        return self.scan_file(f"{proc_root}/{pid}/exe", follow=True)
 
-    def scan_file(self, path: str, sha256: str | None, *, follow: bool = False) -> tuple[YaraHit, ...]:
-        """YARA hits for the regular file at ``path``; the verdict is cached by SHA-256.
+    def scan_file(self, path: str, *, follow: bool = False) -> tuple[YaraHit, ...]:
+        """YARA hits for the regular file at ``path`` (at most its first ``max_bytes``).
 
-        The cache key is checked against the bytes actually scanned, so a file rewritten between
-        hashing and scanning cannot store a clean verdict under a miner's hash.
+        The verdict is cached by the identity of the file actually read (device, inode, size,
+        mtime, ctime of the open descriptor), like the hash cache, and only when the file did
+        not change while it was read. The bytes are read into memory, never memory-mapped: a
+        file truncated under an mmap would kill the agent with SIGBUS.
         """
         if self.rules is None:
             return ()
-        if sha256:
-            with self._lock:
-                if sha256 in self._cache:
-                    self._cache.move_to_end(sha256)
-                    return self._cache[sha256]
         try:
-            data = _read_regular(path, self.max_bytes, follow=follow)
-            if data is None:
+            fd = _open_regular(path, follow=follow)
+            if fd is None:
                 return ()
-            hits = hits_from_matches(self.rules.match(data=data, timeout=self.timeout), "file")
-            if sha256 and hashlib.sha256(data).hexdigest() != sha256:
-                sha256 = None  # changed since it was hashed (or larger than max_bytes): do not cache
+            try:
+                key = cache_key(os.fstat(fd))
+                with self._lock:
+                    if key in self._cache:
+                        self._cache.move_to_end(key)
+                        return self._cache[key]
+                data = _read_head(fd, self.max_bytes)
+                hits = hits_from_matches(self.rules.match(data=data, timeout=self.timeout), "file") if data else ()
+                unchanged = cache_key(os.fstat(fd)) == key
+            finally:
+                os.close(fd)
         except (OSError, yara.Error) as exc:  # a vanished file, a timeout: count, never raise
             self.errors += 1
             log.debug("yara_file_failed", path=path, error=str(exc))
             return ()
         self.scanned += 1
-        if sha256:
+        if unchanged:
             with self._lock:
-                self._cache[sha256] = hits
+                self._cache[key] = hits
                 while len(self._cache) > _CACHE_MAX:
                     self._cache.popitem(last=False)
         return hits

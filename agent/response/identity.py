@@ -1,0 +1,109 @@
+"""The identity guard: is PID N still the process the finding saw?
+
+A PID is re-read through one open ``/proc/PID`` descriptor (start time, executable, cgroup)
+and compared with the snapshot: a reused PID, an exec of another program or a move to
+another container gives a reason to refuse. Host processes are signalled through a pidfd
+opened *before* the check, so the process checked is the process signalled.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass
+
+from agent.collectors import cgroups
+from agent.collectors.procfs import parse_stat, strip_deleted
+from agent.model import ProcessSnapshot
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    pid: int
+    ppid: int
+    state: str  # R, S, T (stopped)...
+    start_ticks: int
+    exe: str  # "" when unreadable
+    container_id: str
+    cgroup_text: str
+
+
+class Gone(Exception):
+    """The process does not exist any more."""
+
+
+def read_identity(proc_root: str, pid: int) -> Identity:
+    """The current identity of ``pid``; Gone when it exited, OSError when unreadable."""
+    try:
+        dfd = os.open(f"{proc_root}/{pid}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise Gone(pid) from None
+    try:
+        try:
+            stat = _read(dfd, "stat")
+            cgroup_text = _read(dfd, "cgroup")
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ESRCH):
+                raise Gone(pid) from None
+            raise
+        fields = parse_stat(stat)
+        if fields["state"] in ("Z", "X"):
+            raise Gone(pid)
+        try:
+            exe, _deleted = strip_deleted(os.fsdecode(os.readlink("exe", dir_fd=dfd)))
+        except OSError:  # kernel thread, or no permission: the caller compares what it can
+            exe = ""
+        cid = cgroups.parse_cgroup(cgroup_text)[0]
+        return Identity(pid, fields["ppid"], fields["state"], fields["start_ticks"], exe, cid, cgroup_text)
+    finally:
+        os.close(dfd)
+
+
+def _read(dfd: int, name: str) -> str:
+    fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dfd)
+    try:
+        return os.read(fd, 65536).decode("utf-8", "backslashreplace")
+    finally:
+        os.close(fd)
+
+
+def mismatch(snap: ProcessSnapshot, now: Identity) -> str:
+    """Why ``now`` is not the process of ``snap`` ("" when it is)."""
+    if not snap.start_ticks:
+        return f"start time of PID {snap.pid} unknown in the finding: cannot verify"
+    if now.start_ticks != snap.start_ticks:
+        return f"PID {snap.pid} start time {snap.start_ticks} -> {now.start_ticks} (PID reused)"
+    if snap.exe and now.exe and now.exe != snap.exe:
+        return f"PID {snap.pid} executable {snap.exe} -> {now.exe}"
+    if snap.exe and not now.exe:
+        return f"PID {snap.pid} executable {snap.exe} no longer readable"
+    if now.container_id != snap.container_id:
+        before, after = snap.container_id[:12] or "host", now.container_id[:12] or "host"
+        return f"PID {snap.pid} container {before} -> {after}"
+    return ""
+
+
+def verify(proc_root: str, snap: ProcessSnapshot) -> tuple[Identity | None, str]:
+    """``(identity, "")`` when ``snap.pid`` is still that process, else ``(None, reason)``."""
+    try:
+        now = read_identity(proc_root, snap.pid)
+    except Gone:
+        return None, f"PID {snap.pid} exited"
+    except (OSError, ValueError) as exc:
+        return None, f"PID {snap.pid} unreadable: {exc}"
+    reason = mismatch(snap, now)
+    return (None, reason) if reason else (now, "")
+
+
+def ancestors(proc_root: str, pid: int, limit: int = 64) -> list[int]:
+    """``pid``'s parent, grandparent... up to PID 1 (bounded; stops where /proc cannot be read)."""
+    out: list[int] = []
+    while pid > 1 and len(out) < limit:
+        try:
+            pid = read_identity(proc_root, pid).ppid
+        except (Gone, OSError, ValueError):
+            break
+        if pid <= 0:
+            break
+        out.append(pid)
+    return out

@@ -1,0 +1,195 @@
+"""Evidence kept: a copy of the offending executable, and what was known about it.
+
+``<state_dir>/quarantine/`` (0700) holds ``<sha256>`` (the bytes, 0600, never executable) and
+``<sha256>.json`` (0600): the alert, the process tree (ancestors and descendants: pid, ppid,
+name, cmdline, exe) and the connections, one entry per sighting (the latest 20 are kept).
+The executable is read through ``/proc/PID/exe`` (a deleted file or one inside a container
+is still there); nothing in the container is changed. Size is bounded by ``max_bytes``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from agent.collectors.hashing import open_beneath, open_regular
+from agent.collectors.procfs import parse_stat, split_cmdline, strip_deleted
+from agent.model import Finding
+
+CHUNK = 1 << 20
+MAX_SIGHTINGS = 20
+MAX_TREE = 256  # processes listed in a tree
+
+
+class QuarantineError(Exception):
+    """The evidence could not be kept; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Kept:
+    sha256: str
+    path: str  # the copy
+    size: int
+    source: str  # where it was read from
+    matches_finding: bool  # the copy's SHA-256 is the one in the finding (False: changed since, or unknown)
+
+
+class Quarantine:
+    def __init__(self, state_dir: str | os.PathLike[str], max_bytes: int, *, proc_root: str = "/proc") -> None:
+        self.dir = Path(state_dir) / "quarantine"
+        self.max_bytes = max_bytes
+        self.proc_root = proc_root
+
+    def keep(self, finding: Finding, alert: dict) -> Kept | None:
+        """Copy the finding's executable (process) or file and write its record; None when it has neither."""
+        if finding.process is not None and finding.process.exe:
+            pid = finding.process.pid
+            source = f"{self.proc_root}/{pid}/exe"
+            fd = self._open(lambda: os.open(source, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK), source)
+            expected = finding.process.hashes.sha256 if finding.process.hashes else ""
+            extra = {"process_tree": process_tree(self.proc_root, pid),
+                     "connections": [_conn(c) for c in finding.process.connections]}
+        elif finding.file is not None:
+            upper = finding.container.upper_dir if finding.container is not None else ""
+            if finding.file.container_id and not upper:
+                return None  # a container file whose layer we do not know
+            source = f"{upper}{finding.file.path}" if upper else finding.file.path
+            opener = (lambda: open_beneath(upper, finding.file.path)) if upper else (lambda: open_regular(finding.file.path))
+            fd = self._open(opener, source)
+            expected = finding.file.hashes.sha256 if finding.file.hashes else ""
+            extra = {}
+        else:
+            return None
+        try:
+            digest, size = self._copy(fd, source)
+        finally:
+            os.close(fd)
+        kept = Kept(digest, str(self.dir / digest), size, source, digest == expected)
+        self._record(kept, {"alert": alert, **extra})
+        return kept
+
+    def _open(self, opener, source: str) -> int:
+        try:
+            fd = opener()
+            st = os.fstat(fd)
+        except OSError as exc:
+            raise QuarantineError(f"cannot open {source}: {exc.strerror or exc}") from None
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise QuarantineError(f"{source} is not a regular file")
+        if st.st_size > self.max_bytes:
+            os.close(fd)
+            raise QuarantineError(f"{source} is {st.st_size} bytes, over watch.max_file_mb")
+        return fd
+
+    def _copy(self, src: int, source: str) -> tuple[str, int]:
+        """Copy ``src`` into the quarantine, verified, named by its SHA-256."""
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.dir, 0o700)
+        tmp = self.dir / f".tmp-{uuid.uuid4().hex}"
+        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        try:
+            h, size = hashlib.sha256(), 0
+            try:
+                while chunk := os.read(src, CHUNK):
+                    size += len(chunk)
+                    if size > self.max_bytes:
+                        raise QuarantineError(f"{source} grew over watch.max_file_mb while it was copied")
+                    h.update(chunk)
+                    os.write(out, chunk)
+                os.fchmod(out, 0o600)
+                os.fsync(out)
+            except OSError as exc:
+                raise QuarantineError(f"cannot copy {source}: {exc.strerror or exc}") from None
+            finally:
+                os.close(out)
+            digest = h.hexdigest()
+            if _sha256_of(tmp) != digest:
+                raise QuarantineError(f"the copy of {source} does not verify")
+            os.replace(tmp, self.dir / digest)
+            return digest, size
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _record(self, kept: Kept, sighting: dict) -> None:
+        path = self.dir / f"{kept.sha256}.json"
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            sightings = data["sightings"] if isinstance(data.get("sightings"), list) else []
+        except (OSError, ValueError, AttributeError):  # first sighting, or a damaged record: start again
+            sightings = []
+        now = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        sightings = [*sightings, {"at": now, "source": kept.source, "matches_finding": kept.matches_finding,
+                                  **sighting}][-MAX_SIGHTINGS:]
+        data = {"sha256": kept.sha256, "size": kept.size, "sightings": sightings}
+        tmp = path.with_name(f".tmp-{uuid.uuid4().hex}.json")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=1, ensure_ascii=False, default=str)
+        os.replace(tmp, path)
+
+
+def _sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _conn(c) -> dict:
+    return {"local": f"{c.local_ip}:{c.local_port}", "remote": f"{c.remote_ip}:{c.remote_port}", "state": c.state}
+
+
+def describe(proc_root: str, pid: int) -> dict | None:
+    """pid, ppid, name, cmdline and exe of one process (None when it is gone)."""
+    base = f"{proc_root}/{pid}"
+    try:
+        st = parse_stat(Path(f"{base}/stat").read_text(errors="backslashreplace"))
+    except (OSError, ValueError):
+        return None
+    out = {"pid": pid, "ppid": st["ppid"], "name": st["comm"], "cmdline": [], "exe": ""}
+    try:
+        out["cmdline"] = split_cmdline(Path(f"{base}/cmdline").read_bytes()[: 64 << 10])
+        out["exe"] = strip_deleted(os.fsdecode(os.readlink(f"{base}/exe")))[0]
+    except OSError:  # a kernel thread, or it exited meanwhile: what we have is kept
+        pass
+    return out
+
+
+def children(proc_root: str, pid: int) -> list[int]:
+    """Direct children, from ``/proc/PID/task/*/children``."""
+    out: list[int] = []
+    try:
+        tids = os.listdir(f"{proc_root}/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            out.extend(int(c) for c in Path(f"{proc_root}/{pid}/task/{tid}/children").read_text().split())
+        except (OSError, ValueError):  # thread gone; children of the others still count
+            continue
+    return sorted(set(out))
+
+
+def process_tree(proc_root: str, pid: int) -> dict:
+    """``{"process", "ancestors" (nearest first), "descendants"}``, bounded."""
+    ancestors, cur = [], describe(proc_root, pid)
+    me = cur
+    while cur is not None and cur["ppid"] > 0 and len(ancestors) < 64:
+        cur = describe(proc_root, cur["ppid"])
+        if cur is not None:
+            ancestors.append(cur)
+    descendants, queue = [], children(proc_root, pid)
+    while queue and len(descendants) < MAX_TREE:
+        child = queue.pop(0)
+        if (d := describe(proc_root, child)) is not None:
+            descendants.append(d)
+            queue.extend(children(proc_root, child))
+    return {"process": me, "ancestors": ancestors, "descendants": descendants}
