@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import structlog
 
 from agent import alert
-from agent.collectors import docker_inventory
+from agent.collectors import docker_inventory, netns
 from agent.behaviour import MSR_MODPROBE_CHILD, is_msr_modprobe
 from agent.config import Config
 from agent.detectors import behaviour as behaviour_detector
@@ -53,6 +53,9 @@ class WatchState:
         self.containers: dict[str, ContainerInfo] = {}
         self.image_evidence: dict[str, list[Evidence]] = {}
         self.container_cgroups: dict[str, str] = {}  # container id -> cgroup path (from its processes)
+        # TCP tables per network namespace, read at most once per periodic pass: a process seen at
+        # exec has no connection yet, and its recheck in the next pass reads fresh tables.
+        self.net_tables = netns.NetTables()
         self.docker = None  # a Docker client while reachable
         self.docker_watcher = None
         self.proc_connector = None
@@ -77,7 +80,7 @@ class WatchState:
         from agent.sinks.pipeline import AlertPipeline
 
         cfg = self.config
-        own = self.inspector.procfs.snapshot(self.own_pid)
+        own = self._snapshot(self.own_pid)
         self.own_container = own.container_id if own else ""
         self.alerts = AlertPipeline(cfg)
         self.alerts.start()
@@ -214,7 +217,7 @@ class WatchState:
         """Inspect every process of a container now (a start event may come before its exec events)."""
         found = False
         for pid in self.inspector.procfs.container_pids(container_id):
-            snap = self.inspector.procfs.snapshot(pid)
+            snap = self._snapshot(pid)
             if snap is not None and snap.container_id == container_id:
                 found = True
                 self.judge(snap, reason="container")
@@ -232,9 +235,12 @@ class WatchState:
     def inspect_pid(self, pid: int, reason: str) -> None:
         if pid == self.own_pid:
             return
-        snap = self.inspector.procfs.snapshot(pid)
+        snap = self._snapshot(pid)
         if snap is not None:
             self.judge(snap, reason=reason)
+
+    def _snapshot(self, pid: int) -> ProcessSnapshot | None:
+        return self.inspector.procfs.snapshot(pid, tables=self.net_tables)
 
     def judge(self, snap: ProcessSnapshot, reason: str, memory: bool = False) -> Finding | None:
         if snap.pid == self.own_pid or (self.own_container and snap.container_id == self.own_container):
@@ -285,7 +291,7 @@ class WatchState:
                 self.behaviour.request_scan(pid, parent.start_ticks, self.clock())
 
     def _parent_of(self, pid: int) -> int:
-        snap = self.inspector.procfs.snapshot(pid) if pid else None
+        snap = self._snapshot(pid) if pid else None
         return snap.ppid if snap is not None else 0
 
     # ------------------------------------------------------------------ periodic (worker)
@@ -299,8 +305,8 @@ class WatchState:
 
     def periodic(self) -> None:
         started = self.clock()
-        procfs = self.inspector.procfs
-        pids = procfs.pids()
+        self.net_tables.clear()
+        pids = self.inspector.procfs.pids()
         alive = set(pids)
         for pid in [p for p in self.tracked if p not in alive]:
             del self.tracked[pid]
@@ -318,7 +324,7 @@ class WatchState:
             if tracked is None:
                 self.inspect_pid(pid, reason="poll")  # missed by the connector, or no connector
             elif tracked.checks <= YOUNG_RECHECKS or tracked.interesting or pid in candidates:
-                snap = procfs.snapshot(pid)
+                snap = self._snapshot(pid)
                 if snap is not None:
                     self.judge(snap, reason="recheck", memory=pid in candidates)
         if self.file_watcher is not None:
