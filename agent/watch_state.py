@@ -225,8 +225,13 @@ class WatchState:
             self.container_only_finding(container_id)
 
     def container_only_finding(self, container_id: str) -> None:
+        """A container whose image is suspicious but none of whose processes is, yet: judge the container
+        on its image evidence and its cgroup's CPU behaviour."""
         evidence = self.image_evidence.get(container_id)
         if evidence and (info := self.containers.get(container_id)):
+            verdict = self.behaviour.cgroup_verdict(container_id) if self.behaviour is not None else None
+            if verdict is not None:
+                evidence = [*evidence, *behaviour_detector.container_evidence(verdict)]
             if finding := self.inspector.judge_container(info, evidence):
                 self.emit(finding)
 
