@@ -20,7 +20,9 @@ class AgentProcess:
 
     def __init__(self, workdir: Path, *, interval: float = 2.0, extra: str = "", agent: str = "",
                  docker_url: str = "unix:///var/run/docker.sock", watch: list[str] | None = None,
-                 metrics: str = "") -> None:
+                 metrics: str = "", response_mode: str = "observe") -> None:
+        """``response_mode`` is "observe" unless a test asks for "enforce": a daemon under test must
+        not pause containers that other tests on the same engine started."""
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.alerts_path = workdir / "alerts.jsonl"
@@ -34,7 +36,8 @@ class AgentProcess:
             f'[docker]\nurl = "{docker_url}"\n'
             f"[watch]\npaths = {json.dumps(paths)}\n"
             f'[alerts]\nstdout = false\nfile = "{self.alerts_path}"\n'
-            f'[metrics]\nlisten = "{metrics}"\n{extra}'
+            f'[metrics]\nlisten = "{metrics}"\n'
+            f'[response]\nmode = "{response_mode}"\n{extra}'
         )
         self.notify_path = workdir / "notify.sock"
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)

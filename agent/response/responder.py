@@ -85,7 +85,8 @@ class Responder:
         self.own_container = cgroups.parse_cgroup(self.own_cgroup)[0] if self.own_cgroup else ""
         self._kept: collections.OrderedDict[tuple, str] = collections.OrderedDict()  # evidence already kept
         self._logged: collections.OrderedDict[str, tuple[str, str]] = collections.OrderedDict()
-        self.last_action_s = 0.0  # seconds the last pause/freeze/stop took (verdict to done)
+        self.last_action_s = 0.0  # seconds the last pause/freeze/stop took (policy decided to done)
+        self.last_action_at = 0.0  # clock() when it was done (before the evidence copy)
 
     @property
     def freezer(self) -> CgroupFreezer:
@@ -120,7 +121,8 @@ class Responder:
         else:
             record, container = self._pause(finding, decision)
         if record.result in ("done", "failed"):
-            self.last_action_s = self.clock() - started
+            self.last_action_at = self.clock()
+            self.last_action_s = self.last_action_at - started
             record = self._keep_evidence(dataclasses.replace(finding, container=container or finding.container), record)
         self._log(finding, decision, record)
         return record, container
@@ -134,7 +136,7 @@ class Responder:
         self._logged.move_to_end(finding.finding_id)
         while len(self._logged) > 4096:
             self._logged.popitem(last=False)
-        level = "warning" if record.result == "done" else "error"
+        level = {"done": "warning", "failed": "error", "refused": "error"}.get(record.result, "info")
         getattr(log, level)("response", action=record.action, result=record.result, reason=record.reason,
                             container=decision.container_id[:12],
                             pid=finding.process.pid if finding.process is not None else 0, finding=finding.finding_id)
@@ -197,11 +199,25 @@ class Responder:
         except docker.errors.APIError as exc:
             if "already paused" in str(exc.explanation or exc):
                 return ResponseRecord("pause", "done", f"{decision.reason}: already paused"), info
+            if not self._still_running(client, cid):  # it stopped meanwhile: nothing left to pause
+                return ResponseRecord("pause", "skipped", f"{decision.reason}: container stopped"), info
             return ResponseRecord("pause", "failed", f"{decision.reason}: docker pause failed: {exc.explanation or exc}"), info
         except (docker.errors.DockerException, requests.RequestException, OSError) as exc:
             return ResponseRecord("pause", "failed", f"{decision.reason}: docker pause failed: {exc}"), info
         self._record(cid, finding, info, method="docker", cgroup="")
         return ResponseRecord("pause", "done", f"{decision.reason}: paused"), info
+
+    @staticmethod
+    def _still_running(client, cid: str) -> bool:
+        import docker
+        import requests
+
+        try:
+            return bool((client.api.inspect_container(cid).get("State") or {}).get("Running"))
+        except docker.errors.NotFound:
+            return False
+        except (docker.errors.DockerException, requests.RequestException, OSError):  # unknown: count it as running
+            return True
 
     def _freeze(self, finding: Finding, decision: Decision, ident: identity.Identity | None, note: str) -> ResponseRecord:
         cid = decision.container_id

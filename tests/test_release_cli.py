@@ -1,0 +1,107 @@
+"""`minerwatch release`: the real CLI against a real Docker engine."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from agent.config import load
+from agent.response import Responder
+from tests.sweeping import REPO
+
+
+def write_config(tmp_path: Path) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(f'[agent]\nstate_dir = "{tmp_path}/state"\n')
+    return path
+
+
+def mw_release(ref: str, cfg: Path, user: str = "alice-test") -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "SUDO_USER"}
+    env["USER"] = user
+    return subprocess.run([sys.executable, "-m", "agent", "release", ref, "--config", str(cfg)],
+                          capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
+
+
+def log_events(stderr: str) -> list[dict]:
+    out = []
+    for line in stderr.splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
+
+
+def paused(docker_client, cid: str) -> bool:
+    return docker_client.api.inspect_container(cid)["State"]["Paused"]
+
+
+def pause_with_agent(cfg_path: Path, docker_client, miner) -> Responder:
+    """Pause the miner container the way the daemon does (a critical verdict, then the responder)."""
+    from agent.collectors import docker_inventory
+    from agent.inspector import Inspector
+    from agent.signatures import load_bundle
+
+    cfg = load(cfg_path)
+    insp = Inspector(cfg, load_bundle())
+    info = docker_inventory.container_from_inspect(docker_client.api.inspect_container(miner.id))
+    finding = insp.judge_process(insp.scan_exe(insp.procfs.snapshot(miner.pid)), info, insp.container_evidence(info))
+    responder = Responder(cfg, lambda: docker_client, state_dir=cfg.agent.state_dir)
+    assert responder.respond(finding).response.result == "done"
+    assert paused(docker_client, miner.id)
+    return responder
+
+
+def test_release_unpauses_logs_who_and_is_not_repaused(tmp_path, docker_client, miner_in_container):
+    """`release NAME` unpauses a container the agent paused (exit 0), logs who and when; the agent leaves it be."""
+    from agent.collectors import docker_inventory
+    from agent.inspector import Inspector
+    from agent.signatures import load_bundle
+
+    cfg_path = write_config(tmp_path)
+    m = miner_in_container
+    responder = pause_with_agent(cfg_path, docker_client, m)
+    out = mw_release(m.name, cfg_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"released container {m.name}: unpaused"
+    assert not paused(docker_client, m.id)
+    event = next(e for e in log_events(out.stderr) if e.get("event") == "container_released")
+    assert event["by"] == f"alice-test (uid {os.getuid()})" and event["at"] and event["paused_by_agent"] is True
+    assert m.id not in json.loads((tmp_path / "state" / "paused.json").read_text())
+
+    cfg = load(cfg_path)  # the daemon's next verdict on the same miner
+    insp = Inspector(cfg, load_bundle())
+    info = docker_inventory.container_from_inspect(docker_client.api.inspect_container(m.id))
+    again = responder.respond(insp.judge_process(insp.scan_exe(insp.procfs.snapshot(m.pid)), info))
+    assert again.response.result == "skipped" and again.response.reason.startswith("released by alice-test")
+    assert not paused(docker_client, m.id)
+
+
+def test_release_of_a_missing_container_exits_2(tmp_path, docker_client):
+    """Releasing a container that does not exist is an error (exit 2) that names it."""
+    out = mw_release("mwtest-no-such-container-4f1c", write_config(tmp_path))
+    assert out.returncode == 2
+    assert "mwtest-no-such-container-4f1c" in out.stderr
+
+
+def test_release_twice_second_time_says_not_paused(tmp_path, docker_client, miner_in_container):
+    """A second release of the same container succeeds and says it was not paused (idempotent)."""
+    cfg_path = write_config(tmp_path)
+    pause_with_agent(cfg_path, docker_client, miner_in_container)
+    assert mw_release(miner_in_container.id[:12], cfg_path).returncode == 0
+    out = mw_release(miner_in_container.id[:12], cfg_path)
+    assert out.returncode == 0, out.stderr
+    assert "was not paused (it was not paused by minerwatch)" in out.stdout
+
+
+def test_release_of_a_container_paused_by_someone_else_says_so(tmp_path, docker_client, miner_in_container):
+    """A container paused by hand is still unpaused, and the output says the agent had not paused it."""
+    docker_client.api.pause(miner_in_container.id)
+    out = mw_release(miner_in_container.name, write_config(tmp_path), user="bob-test")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"released container {miner_in_container.name}: unpaused (it was not paused by minerwatch)"
+    assert not paused(docker_client, miner_in_container.id)
