@@ -44,8 +44,11 @@ class Reporter:
                 table.add_column(col, overflow="fold")
             for f in shown:
                 # Untrusted text (command lines, paths) goes in as Text, never as markup.
+                lines = [f"{e.signal}: {e.detail}" for e in f.evidence[:6]]
+                if f.response.action != "none":
+                    lines.append(f"response: {f.response.action} {f.response.result}: {f.response.reason}")
                 table.add_row(Text(f.severity.word, style=_STYLE[f.severity]), str(f.score), Text(_where(f)),
-                              Text(_what(f)), Text("\n".join(f"{e.signal}: {e.detail}" for e in f.evidence[:6])))
+                              Text(_what(f)), Text("\n".join(lines)))
             out.print(table)
         else:
             out.print(f"minerwatch sweep: nothing at or above {level.word}")
