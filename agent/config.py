@@ -7,6 +7,7 @@ file and the key (``[agent] interval``).
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -109,6 +110,9 @@ def _check_value(path: str, key: str, value: Any, default: Any) -> Any:
     if isinstance(default, (int, float)):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(path, key, f"expected a number, got {value!r}")
+        # TOML allows nan, inf and integers of any size; an infinite interval would never tick.
+        if abs(value) > 1e15 or not math.isfinite(value):
+            raise ConfigError(path, key, f"must be a finite number below 1e15, got {str(value)[:40]}")
         if value < 0:
             raise ConfigError(path, key, f"must not be negative, got {value!r}")
         if isinstance(default, int) and not float(value).is_integer():
@@ -184,6 +188,20 @@ def from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
     return cfg
 
 
+def check_host_paths(cfg: Config) -> None:
+    """Paths the agent reads must exist: a missing proc root is a configuration error, not "no findings"."""
+    proc = Path(cfg.agent.proc_root)
+    if not (proc / "self").exists() and not any(n.isdigit() for n in _listdir(proc)):
+        raise ConfigError(cfg.source, "[agent] proc_root", f"{proc} is not a procfs (no /self, no PID directories)")
+
+
+def _listdir(path: Path) -> list[str]:
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []
+
+
 def load(path: str | os.PathLike[str] | None = None) -> Config:
     """Load the configuration.
 
@@ -205,4 +223,6 @@ def load(path: str | os.PathLike[str] | None = None) -> Config:
         raise ConfigError(source, "", f"not UTF-8 text: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(source, "", f"invalid TOML: {exc}") from None
+    except RecursionError:  # tomllib recurses once per nested array or inline table
+        raise ConfigError(source, "", "invalid TOML: nested too deeply") from None
     return from_dict(data, source)

@@ -72,9 +72,12 @@ class Daemon:
 
             self._metrics_server = metrics.serve(self.state.config.metrics.listen, self.metrics_stats)
         self._worker.start()
-        self.state.ready.wait(60)
-        self.notifier.ready(self.state.status_line())
-        log.info("started", status=self.state.status_line())
+        # The first scan may take a while on a big host: SIGTERM still ends it promptly.
+        while not self.state.ready.wait(0.5) and not self.stop_event.is_set():
+            pass
+        if not self.stop_event.is_set():
+            self.notifier.ready(self.state.status_line())
+            log.info("started", status=self.state.status_line())
         ping_every = self.notifier.watchdog_interval() or 5.0
         last_status = self.clock()
         while not self.stop_event.wait(min(ping_every, 1.0)):
@@ -119,7 +122,7 @@ class Daemon:
     def _work(self) -> None:
         state = self.state
         try:
-            state.initial_scan()
+            state.initial_scan(self.stop_event)
         except Exception as exc:  # crash barrier: a bad first scan must not keep the agent from running
             self.stats.worker_errors += 1
             log.exception("initial_scan_failed", error=repr(exc))
@@ -138,7 +141,8 @@ class Daemon:
                     next_tick = self.clock() + state.config.agent.interval
             except Exception as exc:  # crash barrier: one bad event or scan never kills the worker
                 self.stats.worker_errors += 1
-                log.exception("worker_error", event=repr(event)[:200], error=repr(exc))
+                # Not event=: that is structlog's own first argument, and the TypeError killed the worker.
+                log.exception("worker_error", failed_event=repr(event)[:200], error=repr(exc))
 
     def _reload(self) -> None:
         """Load config and signatures again; keep the last good ones (and say why) when they are bad."""

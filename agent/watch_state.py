@@ -301,10 +301,12 @@ class WatchState:
 
     # ------------------------------------------------------------------ periodic (worker)
 
-    def initial_scan(self) -> None:
-        """At start: every running container and every process, like a sweep."""
+    def initial_scan(self, stop: threading.Event) -> None:
+        """At start: every running container and every process, like a sweep (until ``stop``)."""
         self.resync_containers()
         for pid in self.inspector.procfs.pids():
+            if stop.is_set():
+                return
             if pid not in self.tracked:
                 self.inspect_pid(pid, reason="startup")
 

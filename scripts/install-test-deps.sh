@@ -56,7 +56,7 @@ apt_install() {
 }
 
 # --- Debian packages -------------------------------------------------------------------
-WANT=(docker.io busybox-static gcc libc6-dev openssl ca-certificates procps)
+WANT=(docker.io busybox-static gcc libc6-dev openssl ca-certificates procps systemd binutils)
 MISSING=()
 for p in "${WANT[@]}"; do pkg_installed "$p" || MISSING+=("$p"); done
 if [ "${#MISSING[@]}" -gt 0 ]; then

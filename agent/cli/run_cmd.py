@@ -1,6 +1,7 @@
 """``minerwatch run``: the daemon in the foreground (systemd ``Type=notify``).
 
-Exit codes: 0 on SIGTERM/SIGINT, 2 on a bad configuration or signature bundle.
+Exit codes: 0 on SIGTERM/SIGINT, 2 on a bad configuration or signature bundle, or (as root) a
+configuration file or signature directory that other users could change (``agent.trust``).
 """
 
 from __future__ import annotations
@@ -15,12 +16,15 @@ import click
               show_default=True, help="Operational log level (logs go to stderr: journald under systemd).")
 def run(config_path: str | None, log_level: str) -> int:
     """Run the detection daemon in the foreground until SIGTERM or SIGINT."""
-    from agent import config, logging_setup, signatures
+    from agent import config, logging_setup, signatures, trust
     from agent.daemon import Daemon
     from agent.state_dir import prepare_state_dir
 
     logging_setup.configure(log_level)
+    trust.check_config_file(config_path)  # as root: nothing another user can change (exit 2 naming the path)
     cfg = config.load(config_path)
+    config.check_host_paths(cfg)
+    trust.check_signature_dir(cfg.agent.signatures or signatures.bundled_directory())
     sig = signatures.load_bundle(cfg.agent.signatures or None)
     prepare_state_dir(cfg.agent.state_dir, cfg.source)
     return Daemon(cfg, sig, config_path=config_path).run()

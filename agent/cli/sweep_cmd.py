@@ -30,6 +30,7 @@ def sweep(as_json: bool, config_path: str | None, min_severity: str | None, resp
 
     logging_setup.configure("warning")
     cfg = config.load(config_path)
+    config.check_host_paths(cfg)
     sig = signatures.load_bundle(cfg.agent.signatures or None)
     level = Severity.parse(min_severity) if min_severity else cfg.alert_severity
     reporter = Reporter(sys.stderr, enabled=not as_json or sys.stderr.isatty())
