@@ -86,10 +86,16 @@ class Daemon:
                 self.notifier.reloading()
                 self.queue.put(ContainerEvent("reload"))
             # Tell the truth: ping systemd only while the worker is alive and making progress.
-            if self._worker.is_alive() and self.clock() - self.heartbeat < max(30.0, 6 * self.state.config.agent.interval):
+            if not self._worker.is_alive():
+                # Never keep running blind: exit non-zero so systemd (Restart=on-failure) restarts us.
+                log.error("worker_died", exit_code=1)
+                self.notifier.notify("STATUS=worker thread died; exiting to be restarted")
+                self.state.stop()
+                return 1
+            if self.clock() - self.heartbeat < max(30.0, 6 * self.state.config.agent.interval):
                 self.notifier.watchdog()
             else:
-                log.error("worker_stalled", alive=self._worker.is_alive(), since=round(self.clock() - self.heartbeat, 1))
+                log.error("worker_stalled", since=round(self.clock() - self.heartbeat, 1))
             if self.clock() - last_status >= STATUS_EVERY_S:
                 self.notifier.status(self.state.status_line())
                 last_status = self.clock()

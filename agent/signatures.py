@@ -228,7 +228,9 @@ class _Reader:
     def rows(self, rel: str, columns: tuple[str, ...]) -> Iterator[tuple[int, list[str]]]:
         """Yield (line number, columns) for every entry line with the right, non-empty columns."""
         text = self.text(rel)
-        for number, raw in enumerate((text or "").splitlines(), 1):
+        # split("\n"), not splitlines(): that also breaks at \x1c-\x1e, \x85, \u2028..., and the
+        # line numbers in issues would then not be the ones an editor shows.
+        for number, raw in enumerate((text or "").split("\n"), 1):
             line = raw.strip()
             if not line or line.startswith("#"):
                 continue
@@ -298,6 +300,9 @@ def _read_meta(r: _Reader) -> _Meta | None:
         where = _TOML_WHERE.search(str(exc))
         r.issue(META_FILE, int(where.group(1)) if where else 0, f"not valid TOML: {exc}")
         return None
+    except RecursionError:  # tomllib recurses once per nested array or inline table
+        r.issue(META_FILE, 0, "not valid TOML: nested too deeply")
+        return None
     for key in sorted(set(doc) - {"version", "description", "yara"}):
         r.issue(META_FILE, _toml_line(text, key), f"unknown key {key!r}")
     version, description = doc.get("version"), doc.get("description", "")
@@ -342,7 +347,7 @@ def _verify_manifest(r: _Reader) -> None:
     if text is None:
         return
     listed: dict[str, int] = {}
-    for number, raw in enumerate(text.splitlines(), 1):
+    for number, raw in enumerate(text.split("\n"), 1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue

@@ -10,7 +10,9 @@ When a watch is added, it is made live first and then the files already under it
 enqueued once (a bounded walk that never follows symlinks), so a payload written before the
 watch existed, or while it was being added, is not missed; the worker's debounce absorbs
 the rare duplicate. A watched path that does not exist yet stays pending and is retried by
-``refresh()``, which also re-adds a watch whose directory was deleted or replaced.
+``refresh()``, which also re-adds a watch whose directory was deleted or replaced. A watch
+that lost events to a full queue is walked again by ``refresh()`` (``agent.collectors.rescans``),
+so a payload whose events were dropped in a storm is still inspected.
 
 Threads: the observer (dispatch), one inotify reader, and one emitter per watch (watchdog's
 design). Failing to add a watch (``fs.inotify.max_user_watches``, a vanished directory) is
@@ -34,6 +36,7 @@ from watchdog.observers.api import ObservedWatch
 from watchdog.observers.inotify import InotifyObserver
 
 from agent.collectors import files
+from agent.collectors.rescans import Key, Rescans, Root
 from agent.events import EventQueue, FileEvent
 
 log = structlog.get_logger("minerwatch.fswatch")
@@ -48,13 +51,14 @@ MAX_USER_WATCHES = "/proc/sys/fs/inotify/max_user_watches"
 class _Enqueue(FileSystemEventHandler):
     """Runs in the observer thread: turns file events under one watch into FileEvents, nothing else."""
 
-    def __init__(self, watcher: FileWatcher, container_id: str, root: str) -> None:
+    def __init__(self, watcher: FileWatcher, key: Key, container_id: str, root: str) -> None:
         self._watcher = watcher
+        self._key = key
         self._container_id = container_id
         self._root = root
 
     def _offer(self, path: bytes | str) -> None:
-        self._watcher._offer(FileEvent(os.fsdecode(path), self._container_id, self._root))
+        self._watcher._offer(FileEvent(os.fsdecode(path), self._container_id, self._root), self._key)
 
     def on_created(self, event: FileSystemEvent) -> None:
         if not event.is_directory:
@@ -79,6 +83,11 @@ class _Entry:
     watch: ObservedWatch | None = None  # None: pending (not live)
     identity: tuple[int, int] = (0, 0)  # (st_dev, st_ino) of the directory when the watch was added
 
+    @property
+    def key(self) -> Key:
+        """Its key in ``FileWatcher._entries``."""
+        return ("layer", self.container_id) if self.container_id else ("host", self.path)
+
 
 class FileWatcher:
     """Owns the observer and the wanted watches; all public methods are thread-safe."""
@@ -91,6 +100,7 @@ class FileWatcher:
         self._entries: dict[tuple[str, str], _Entry] = {}  # ("host", path) or ("layer", container_id)
         self._count_lock = threading.Lock()  # guards counters (taken in the observer thread: kept short)
         self.counters: Counter[str] = Counter()
+        self._rescans = Rescans(events, max_walk_files)  # walks of watches that dropped events
 
     # ------------------------------------------------------------------ public API
 
@@ -157,7 +167,14 @@ class FileWatcher:
                     self._deactivate(entry)
                 if entry.watch is None and self._activate(entry):
                     walks.append(entry)
+            live = {k: Root(e.path, e.container_id, e.root) for k, e in self._entries.items()
+                    if e.watch is not None and e not in walks}
+            for key in self._rescans.begin(live):
+                self._count("rescans")
+                log.info("watch_rescan", path=live[key].path, container_id=live[key].container_id,
+                         reason="events dropped")
         self._walk_all(walks)
+        self._count("queued", self._rescans.advance())
 
     def start(self) -> bool:
         """Start the observer and make every wanted watch live; False (logged, counted) when inotify is unavailable."""
@@ -201,7 +218,7 @@ class FileWatcher:
             return self._observer is not None and self._observer.is_alive()
 
     def stats(self) -> dict[str, int]:
-        """Counters for the metrics: live/pending watches, layers, queued, dropped, initial files, errors."""
+        """Counters for the metrics: live/pending watches, layers, queued, dropped, initial files, rescans, errors."""
         with self._lock:
             live = sum(1 for e in self._entries.values() if e.watch is not None)
             out = {
@@ -211,7 +228,7 @@ class FileWatcher:
             }
         with self._count_lock:
             out.update(self.counters)
-        for key in ("queued", "dropped", "initial", "watch_errors"):
+        for key in ("queued", "dropped", "initial", "watch_errors", "rescans"):
             out.setdefault(key, 0)
         out["max_user_watches"] = _read_int(MAX_USER_WATCHES)
         return out
@@ -222,8 +239,12 @@ class FileWatcher:
         with self._count_lock:
             self.counters[key] += n
 
-    def _offer(self, event: FileEvent) -> None:
-        self._count("queued" if self._events.put(event) else "dropped")
+    def _offer(self, event: FileEvent, key: Key) -> None:
+        if self._events.put(event):
+            self._count("queued")
+        else:
+            self._count("dropped")
+            self._rescans.note_drop(key)
 
     @staticmethod
     def _identity(path: str) -> tuple[int, int]:
@@ -250,7 +271,7 @@ class FileWatcher:
             self._count("watch_refused")
             log.warning("watch_refused", path=entry.path, reason="symlink" if stat.S_ISLNK(st.st_mode) else "not_a_directory")
             return False
-        handler = _Enqueue(self, entry.container_id, entry.root)
+        handler = _Enqueue(self, entry.key, entry.container_id, entry.root)
         try:
             entry.watch = self._observer.schedule(handler, entry.path, recursive=True, event_filter=WATCHED_EVENTS)
         except OSError as exc:  # ENOSPC: fs.inotify.max_user_watches; ENOENT: removed meanwhile
@@ -279,7 +300,7 @@ class FileWatcher:
                 if st.st_size == 0:
                     continue  # nothing to detect yet; the close after writing will report it
                 n += 1
-                self._offer(FileEvent(path, entry.container_id, entry.root))
+                self._offer(FileEvent(path, entry.container_id, entry.root), entry.key)
             self._count("initial", n)
             log.debug("watch_added", path=entry.path, container_id=entry.container_id, existing=n)
 

@@ -76,13 +76,15 @@ def strip_jsonc(text: str) -> str:
 
 
 def _loads(text: str):
+    # RecursionError: a hostile config nested thousands deep ("[[[[..."): not JSON we can use,
+    # and it must not escape into the snapshot (it would hide the process from every scan).
     try:
         return json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         pass
     try:
         return json.loads(strip_jsonc(text))
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import sys
 from collections.abc import Iterable
 
@@ -50,8 +51,13 @@ def decode_address(hexaddr: str, byteorder: str = sys.byteorder) -> str:
     return str(mapped) if mapped is not None else str(addr)
 
 
+_HEX_PORT = re.compile(r"[0-9A-Fa-f]{4}")
+
+
 def _endpoint(field: str, byteorder: str) -> tuple[str, int]:
     host, _, port = field.partition(":")
+    if not _HEX_PORT.fullmatch(port):  # int(x, 16) also takes "-001", "+D05" and "1_00"
+        raise ValueError(f"bad port {port!r}")
     return decode_address(host, byteorder), int(port, 16)
 
 

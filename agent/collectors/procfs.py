@@ -113,7 +113,7 @@ def parse_status(text: str) -> dict:
             out["name"] = value.strip()
         elif key == "Uid":
             ids = value.split()
-            if ids:
+            if ids and ids[0].isascii() and ids[0].isdigit():  # malformed: no uid (the snapshot says partial)
                 out["uid"] = int(ids[0])
         if "name" in out and "uid" in out:
             break

@@ -1,0 +1,9 @@
+rule MW_Broken
+{
+    meta:
+        description = "broken"
+    strings:
+        $a = "xmrig
+    condition:
+        $a and
+}
