@@ -1,7 +1,9 @@
 """Alerts appended as JSON lines to a file that logrotate may rotate under us.
 
 - rename-and-create (logrotate's default): before each write the path is compared with the
-  open file (device, inode); when it is gone or another file, the path is opened again.
+  open file (device, inode); when it is another file, the path is opened again; when it is
+  gone, the renamed file is still written for a few seconds (logrotate creates the new file
+  with O_EXCL right after its rename) before the sink re-creates the path itself.
   Lines written between the rename and that check land in the rotated file, not lost.
 - copytruncate: the file is opened with O_APPEND, so writes after the truncation start at
   the new end. Lines written after logrotate's copy but before its truncate would be lost;
@@ -30,6 +32,9 @@ log = structlog.get_logger("minerwatch.alerts")
 _RECENT_LINES = 2000  # bound on the lines kept for copytruncate recovery
 
 
+_CREATE_GRACE_S = 5.0  # how long a renamed-away file is still written before the sink re-creates the path
+
+
 class FileSink:
     name = "file"
 
@@ -42,6 +47,7 @@ class FileSink:
         self._end = 0  # file size after our last write
         self._reopen = threading.Event()
         self._recent: collections.deque[tuple[float, bytes]] = collections.deque(maxlen=_RECENT_LINES)
+        self._missing_since: float | None = None  # when the path was first seen renamed away
         self.rotations = 0  # renames and truncations seen
         self.rewritten = 0  # lines written again after a copytruncate
 
@@ -84,8 +90,16 @@ class FileSink:
             try:
                 st = os.stat(self.path)
                 moved = (st.st_dev, st.st_ino) != self._ident
+                self._missing_since = None
             except FileNotFoundError:
-                moved = True
+                # Renamed away: logrotate creates the new file next (with O_EXCL). Creating it ourselves
+                # first would make logrotate fail; keep writing to the renamed file for a short while.
+                now = self._clock()
+                if self._missing_since is None:
+                    self._missing_since = now
+                moved = now - self._missing_since >= _CREATE_GRACE_S
+                if moved:
+                    self._missing_since = None
             if moved:
                 self.rotations += 1
                 log.info("alert_file_rotated", path=self.path, how="renamed")
