@@ -113,7 +113,6 @@ def main() -> int:
         assert result.bytes_hashed == total, (result.bytes_hashed, total)
         export = b"".join(client.api.get_image(tag))
         t_mem, _ = best_of(args.repeat, lambda: ImageScanner(sig).scan(io.BytesIO(export), tag))
-        del export
         mb = total / 1e6
         ref, ours = mb / t_ref, mb / t_scan
         print(f"image {tag}: {len(paths)} executables, {total / (1 << 20):.0f} MiB "
