@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import errno
 import os
-import stat
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from dataclasses import dataclass
 import structlog
 import yara
 
-from agent.collectors.hashing import cache_key
+from agent.collectors.hashing import Refused, cache_key, open_regular
 from agent.model import YaraHit
 from agent.signatures import YARA_MEMORY_EXTERNAL
 
@@ -57,21 +56,6 @@ def hits_from_matches(matches, source: str) -> tuple[YaraHit, ...]:
             )
         )
     return tuple(out)
-
-
-def _open_regular(path: str, *, follow: bool = False) -> int | None:
-    """An fd on the regular file at ``path``, never blocking on a FIFO or opening a device.
-
-    A final symlink is never followed unless ``follow`` (only for ``/proc/PID/exe``, a magic link).
-    """
-    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
-    if not follow:
-        flags |= os.O_NOFOLLOW
-    fd = os.open(path, flags)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        return None
-    return fd
 
 
 def _read_head(fd: int, limit: int) -> bytes:
@@ -225,9 +209,7 @@ class YaraScanner:
         if self.rules is None:
             return ()
         try:
-            fd = _open_regular(path, follow=follow)
-            if fd is None:
-                return ()
+            fd = open_regular(path, follow_symlinks=follow)  # stat first: a device or FIFO is never opened
             try:
                 key = cache_key(os.fstat(fd))
                 with self._lock:
@@ -239,6 +221,8 @@ class YaraScanner:
                 unchanged = cache_key(os.fstat(fd)) == key
             finally:
                 os.close(fd)
+        except Refused:  # a symlink or a special file: not ours to read
+            return ()
         except (OSError, yara.Error) as exc:  # a vanished file, a timeout: count, never raise
             self.errors += 1
             log.debug("yara_file_failed", path=path, error=str(exc))

@@ -7,9 +7,8 @@ A detector is a module with ``ID``, ``VERSION``, ``TITLE`` and a pure function
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
 
-from agent.model import ContainerInfo, Evidence
+from agent.model import ContainerInfo
 from agent.signatures import Signatures
 
 
@@ -22,15 +21,3 @@ class Context:
     image_allow: tuple[str, ...] = ()
     # ip -> pool domain, from the resolver cache at the edge (may be empty)
     pool_ips: dict[str, str] = field(default_factory=dict)
-
-
-class Detector(Protocol):
-    ID: str
-    VERSION: int
-    TITLE: str
-
-    def detect(self, subject, ctx: Context) -> list[Evidence]: ...  # pragma: no cover
-
-
-def rule_id(module) -> str:
-    return f"{module.ID}@{module.VERSION}"
