@@ -118,8 +118,7 @@ class WatchState:
         if config.watch.paths != old.watch.paths:
             self.file_watcher.watch_host_paths(config.watch.paths)
         self.image_evidence = {cid: self.inspector.container_evidence(c) for cid, c in self.containers.items()}
-        if hasattr(self.alerts, "reopen"):
-            self.alerts.reopen()
+        self.alerts.reopen()
         if self.responder is not None:
             from agent.response import Responder
 
