@@ -75,16 +75,12 @@ class Engine:
     def container_evidence(self, container: ContainerInfo, ctx: Context) -> list[Evidence]:
         return self._run(detectors.CONTAINER_DETECTORS, container, ctx)
 
-    def evaluate_process(
-        self, proc: ProcessSnapshot, ctx: Context, extra: Iterable[Evidence] = (), observed: Iterable[Evidence] = ()
-    ) -> Finding | None:
-        """A finding for ``proc``.
+    def evaluate_process(self, proc: ProcessSnapshot, ctx: Context, extra: Iterable[Evidence] = ()) -> Finding | None:
+        """A finding for ``proc`` (its snapshot carries what was observed over time, such as behaviour).
 
-        ``observed`` is evidence about the process gathered over time (behaviour) and counts as
-        its own; ``extra`` (its container's image evidence) joins only when the process has its own.
+        ``extra`` (its container's image evidence) joins only when the process has evidence of its own.
         """
         evidence = self._run(detectors.PROCESS_DETECTORS, proc, ctx)
-        evidence.extend(observed)
         if not evidence:
             return None
         evidence.extend(extra)
@@ -102,9 +98,8 @@ class Engine:
         return Finding(fid, sev, score, _rule_name(evidence), tuple(evidence), file=file, container=ctx.container,
                        category=("malware", "file"))
 
-    def evaluate_container(self, container: ContainerInfo, ctx: Context, evidence: list[Evidence] | None = None) -> Finding | None:
-        if evidence is None:
-            evidence = self.container_evidence(container, ctx)
+    def evaluate_container(self, container: ContainerInfo, ctx: Context) -> Finding | None:
+        evidence = self.container_evidence(container, ctx)
         if not evidence:
             return None
         sev, score = severity_of(evidence)

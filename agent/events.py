@@ -39,7 +39,12 @@ class FileEvent:
     root: str = ""  # the container's writable layer (upper dir) the path lies in, "" for host paths
 
 
-Event = ExecEvent | ContainerEvent | FileEvent
+@dataclass(frozen=True, slots=True)
+class Reload:
+    """SIGHUP: the worker loads config and signatures again (put by the main thread)."""
+
+
+Event = ExecEvent | ContainerEvent | FileEvent | Reload
 
 
 class EventQueue:

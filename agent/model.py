@@ -109,6 +109,7 @@ class ProcessSnapshot:
     miner_config: MinerConfig | None = None
     partial: tuple[str, ...] = ()  # names of fields that could not be read
     yara: tuple[YaraHit, ...] = ()  # filled in by the YARA scanner after collection
+    behaviour: BehaviourVerdict | None = None  # filled in by the daemon from its behaviour model
 
     @property
     def command_line(self) -> str:
@@ -135,6 +136,8 @@ class ContainerInfo:
     pid: int = 0  # host PID of the init process
     upper_dir: str = ""  # writable layer on the host, when known
     paused: bool = False
+    launchers: tuple[str, ...] = ()  # known miner launcher scripts in the image's layers (scan-image)
+    behaviour: CgroupVerdict | None = None  # the container cgroup's CPU behaviour (daemon)
 
     def label(self, key: str) -> str | None:
         for k, v in self.labels:
@@ -156,6 +159,7 @@ class FileSnapshot:
     container_id: str = ""
     layer: str = ""  # image layer id for scan-image; "" otherwise
     hidden: bool = False  # deleted by a later image layer
+    hidden_note: str = ""  # where and by which layer it was hidden (scan-image)
     head: bytes = b""  # first bytes, for cheap checks
     partial: tuple[str, ...] = ()
     yara: tuple[YaraHit, ...] = ()
@@ -169,7 +173,8 @@ class Evidence:
     ``environment``, ``network``, ``behaviour``, ``location``, ``masquerade``, ``image``),
     ``detail`` says what was seen, ``weight`` is its contribution to the score.
     ``floor`` lifts the finding to at least that severity (a known-bad hash is critical
-    on its own); ``ceiling`` caps what this evidence may justify when it stands alone.
+    on its own); ``strong=False`` marks weak evidence, which alone never makes a finding
+    above LOW (see ``engine.severity_of``).
     """
 
     signal: str
@@ -209,4 +214,88 @@ class Finding:
     container: ContainerInfo | None = None
     file: FileSnapshot | None = None
     response: ResponseRecord = field(default_factory=ResponseRecord)
-    category: tuple[str, ...] = ("process", "malware")
+    category: tuple[str, ...] = ("malware",)  # ECS event.category; the engine adds the subject's kind
+
+
+# --------------------------------------------------------------------------- behaviour
+# Samples read by collectors.cpu_sampler, fed to the daemon's BehaviourModel, whose verdicts
+# reach detectors.behaviour through ProcessSnapshot.behaviour and ContainerInfo.behaviour.
+
+HUGEPAGES_RAISED = "hugepages-raised"
+MSR_LOADED = "msr-loaded"
+MSR_WRITES_ON = "msr-writes-on"
+MSR_MODPROBE_CHILD = "modprobe-msr-child"
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessCpuSample:
+    """One reading of a process; artefact fields are only filled for busy (detailed) reads."""
+
+    pid: int
+    start_ticks: int
+    t: float  # monotonic seconds when read
+    cpu_seconds_total: float  # utime + stime of all its threads
+    per_thread_busy: tuple[float, ...] = ()  # cores per thread since the previous detailed read
+    threads: int = 0
+    hugetlb_kb: int | None = None  # HugetlbPages from /proc/PID/status; None: not read
+    anon_big_mappings_mb: tuple[int, ...] = ()  # sizes of large anonymous mappings
+    msr_open: bool = False  # an fd points at /dev/cpu/N/msr
+
+
+@dataclass(frozen=True, slots=True)
+class CgroupCpuSample:
+    """Cumulative CPU time of one container's cgroup."""
+
+    container_id: str
+    t: float
+    usage_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class HostArtefacts:
+    """Host-wide RandomX tamper marks; the model compares consecutive readings."""
+
+    nr_hugepages_total: int  # reserved huge pages, all sizes
+    msr_loaded: bool
+    msr_allow_writes: str = ""  # "on", "off", "default"; "" when unknown or not loaded
+    hugepages_kb_total: int = 0
+    t: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class CpuStats:
+    """Rates between consecutive readings in the window (cores: 1.0 is one core)."""
+
+    samples: int = 0  # rate intervals
+    span_s: float = 0.0
+    mean_cpu: float = 0.0
+    flatness: float = 0.0  # coefficient of variation of the rates: low is flat
+
+
+@dataclass(frozen=True, slots=True)
+class BehaviourVerdict:
+    """What a process's recent behaviour says."""
+
+    pid: int
+    start_ticks: int
+    stats: CpuStats
+    sustained: bool  # enough samples over enough time, busy and flat
+    busy_threads: int  # threads each above ``busy_core`` (median over detailed reads)
+    threads: int
+    hugetlb_kb: int = 0
+    anon_big_mappings_mb: tuple[int, ...] = ()
+    msr_open: bool = False  # seen at least once
+    artefacts: tuple[str, ...] = ()  # HUGEPAGES_RAISED, MSR_*: attributed host changes and noted children
+
+    @property
+    def mean_cpu(self) -> float:
+        return self.stats.mean_cpu
+
+
+@dataclass(frozen=True, slots=True)
+class CgroupVerdict:
+    """What a container cgroup's recent CPU use says."""
+
+    container_id: str
+    stats: CpuStats
+    sustained: bool

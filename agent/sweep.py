@@ -8,10 +8,12 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from agent.collectors import docker_inventory, files
+from agent.collectors import files
+from agent.collectors.docker_api import DockerDown, DockerHandle, DockerRefused
+from agent.collectors.snapshots import SnapshotCollector
 from agent.config import Config
-from agent.inspector import Inspector
-from agent.model import Finding
+from agent.judge import Judge
+from agent.model import ContainerInfo, Finding
 from agent.signatures import Signatures
 
 log = structlog.get_logger("minerwatch.sweep")
@@ -35,41 +37,51 @@ class SweepResult:
 
 
 class Sweeper:
-    """Runs one sweep with an Inspector; reusable, so its caches stay warm between runs.
+    """Runs one sweep: collect, then judge; reusable, so its caches stay warm between runs.
 
     ``respond``: apply the response policy to every finding (``sweep --respond``).
     """
 
-    def __init__(self, config: Config, signatures: Signatures, *, docker_client=None, respond: bool = False) -> None:
+    def __init__(self, config: Config, signatures: Signatures, *, docker: DockerHandle | None = None,
+                 respond: bool = False) -> None:
         self.config = config
-        self.inspector = Inspector(config, signatures)
-        self.docker_client = docker_client
+        self.collect = SnapshotCollector(config, signatures)
+        self.judge = Judge.from_config(config, signatures)
+        self.docker = docker or DockerHandle(config.docker.url)
         self.respond = respond
+
+    def _containers(self, result: SweepResult) -> dict[str, ContainerInfo]:
+        try:
+            containers = self.docker.running()
+        except (DockerDown, DockerRefused) as exc:
+            log.warning("docker_unreachable", url=self.config.docker.url, error=str(exc))
+            result.docker_error = str(exc)
+            result.notes.append(f"Docker was not reachable at {self.config.docker.url}: containers are reported by cgroup id only")
+            return {}
+        result.docker_reachable = True
+        return containers
 
     def run(self, progress: Progress | None = None) -> SweepResult:
         started = time.monotonic()
-        insp = self.inspector
-        inv = docker_inventory.list_running(self.config.docker.url, self.docker_client)
-        result = SweepResult(findings=[], docker_reachable=inv.reachable, docker_error=inv.error)
-        if not inv.reachable:
-            result.notes.append(f"Docker was not reachable at {self.config.docker.url}: containers are reported by cgroup id only")
-        containers = inv.containers
+        collect, judge = self.collect, self.judge
+        result = SweepResult(findings=[])
+        containers = self._containers(result)
         result.containers = len(containers)
 
-        snaps, stats = insp.procfs.snapshot_all(
+        snaps, stats = collect.procfs.snapshot_all(
             progress=(lambda done, total: progress("processes", done, total)) if progress else None
         )
         result.processes = len(snaps)
         result.vanished = stats.vanished
         result.partial_processes = stats.partial
 
-        image_evidence = {cid: insp.container_evidence(info) for cid, info in containers.items()}
+        image_evidence = {cid: judge.container_evidence(info) for cid, info in containers.items()}
         with_process_finding: set[str] = set()
         for i, proc in enumerate(snaps):
             if progress:
                 progress("detect", i + 1, len(snaps))
-            finding = insp.judge_process(insp.scan_exe(proc), containers.get(proc.container_id),
-                                         image_evidence.get(proc.container_id, ()))
+            finding = judge.process(collect.scan_exe(proc), containers.get(proc.container_id),
+                                    image_evidence.get(proc.container_id, ()))
             if finding:
                 result.findings.append(finding)
                 if proc.container_id:
@@ -77,29 +89,27 @@ class Sweeper:
 
         for cid, evidence in image_evidence.items():
             if evidence and cid not in with_process_finding:
-                if f := insp.judge_container(containers[cid], evidence):
+                if f := judge.container(containers[cid]):
                     result.findings.append(f)
 
-        for snap in files.scan_paths(self.config.watch.paths, insp.hash_cache, insp.max_bytes):
+        for snap in files.scan_paths(self.config.watch.paths, collect.hash_cache, collect.max_bytes):
             result.files += 1
-            if f := insp.judge_file(insp.scan_host_file(snap)):
+            if f := judge.file(collect.scan_host_file(snap)):
                 result.findings.append(f)
 
         result.findings = _merge(result.findings)
         if self.respond:
             result.findings = self._respond(result.findings)
-        result.detector_errors = sum(insp.engine.errors.values())
+        result.detector_errors = judge.detector_errors
         result.duration_s = time.monotonic() - started
         return result
 
     def _respond(self, findings: list[Finding]) -> list[Finding]:
-        from agent.response import Responder, docker_factory
+        from agent.response import Responder  # only for `sweep --respond`
         from agent.state_dir import prepare_state_dir
 
         prepare_state_dir(self.config.agent.state_dir, self.config.source)
-        client = self.docker_client
-        factory = (lambda: client) if client is not None else docker_factory(self.config.docker.url)
-        responder = Responder(self.config, factory, state_dir=self.config.agent.state_dir, actor="minerwatch sweep")
+        responder = Responder(self.config, self.docker, state_dir=self.config.agent.state_dir, actor="minerwatch sweep")
         return [responder.respond(f) for f in findings]
 
 

@@ -26,10 +26,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from agent.collectors.docker_api import DockerHandle  # noqa: E402
 from agent import logging_setup  # noqa: E402
 from agent.collectors import docker_inventory  # noqa: E402
 from agent.config import from_dict  # noqa: E402
-from agent.inspector import Inspector  # noqa: E402
+from agent.collectors.snapshots import SnapshotCollector  # noqa: E402
+from agent.judge import Judge  # noqa: E402
 from agent.response import Responder  # noqa: E402
 from agent.response.quarantine import Quarantine  # noqa: E402
 from agent.signatures import load_bundle  # noqa: E402
@@ -58,13 +60,13 @@ def main() -> int:
     to_paused, evidence, respond_s = [], [], []
     with tempfile.TemporaryDirectory(prefix="mw-bench-response-") as tmp, containers.tracking_scope("bench-response"):
         cfg = from_dict({"agent": {"state_dir": f"{tmp}/state"}})
-        insp = Inspector(cfg, load_bundle())
-        responder = Responder(cfg, lambda: client, state_dir=cfg.agent.state_dir, clock=time.perf_counter, actor="bench")
+        collect, judge = SnapshotCollector(cfg, load_bundle()), Judge.from_config(cfg, load_bundle())
+        responder = Responder(cfg, DockerHandle.of(client), state_dir=cfg.agent.state_dir, clock=time.perf_counter, actor="bench")
         quarantine = Quarantine(f"{tmp}/evidence-first", cfg.watch.max_file_mb << 20)
         for i in range(args.runs):
             m = containers.start_miner_container(client, image, name_prefix="mwbench-resp")
             info = docker_inventory.container_from_inspect(client.api.inspect_container(m.id))
-            finding = insp.judge_process(insp.scan_exe(insp.procfs.snapshot(m.pid)), info, insp.container_evidence(info))
+            finding = judge.process(collect.snapshot(m.pid), info, judge.container_evidence(info))
             q0 = time.perf_counter()
             quarantine.keep(finding, {"bench": True})  # what evidence-first would add before the pause
             evidence.append(time.perf_counter() - q0)

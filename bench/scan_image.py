@@ -33,7 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent import signatures  # noqa: E402
-from agent.image_scan import ImageScanner, ScanLimits  # noqa: E402
+from agent.images.scanner import ImageScanner, ScanLimits  # noqa: E402
 from tests.helpers import containers, images  # noqa: E402
 
 

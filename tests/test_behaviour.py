@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from agent.behaviour import (
-    HUGEPAGES_RAISED, MSR_LOADED, MSR_MODPROBE_CHILD, BehaviourModel, CgroupCpuSample, CpuStats, HostArtefacts,
-    ProcessCpuSample, is_msr_modprobe,
-)
+from agent.daemon.behaviour import BehaviourModel, is_msr_modprobe
 from agent.detectors import behaviour as det
 from agent.detectors.base import Context
 from agent.engine import severity_of
-from agent.model import Evidence, Severity, ProcessSnapshot
+from agent.model import (
+    HUGEPAGES_RAISED, MSR_LOADED, MSR_MODPROBE_CHILD, CgroupCpuSample, CgroupVerdict, ContainerInfo, CpuStats, Evidence,
+    HostArtefacts, ProcessCpuSample, ProcessSnapshot, Severity,
+)
 
 from tests.sigfixtures import SIGS
 
@@ -241,7 +241,7 @@ def strong(weight: int) -> Evidence:
 
 def test_cpu_alone_is_weak_and_stays_low():
     """Sustained CPU gives weak behaviour evidence: alone it is never above low."""
-    ev = det.detect(verdict(threads=(0.99, 0.99)), Context(SIGS))
+    ev = det.detect(ProcessSnapshot(pid=1, behaviour=verdict(threads=(0.99, 0.99))), Context(SIGS))
     assert ev and all(e.signal == "behaviour" and not e.strong for e in ev)
     assert severity_of(ev)[0] is Severity.LOW
 
@@ -273,18 +273,24 @@ def test_randomx_sized_anonymous_mapping_counts_on_a_busy_process_only():
     assert det.process_evidence(verdict(rates=(0.0,) * 6, anon_big_mappings_mb=(260,))) == []
 
 
-def test_detect_reads_a_verdict_carried_by_a_snapshot():
-    """A subject with a ``behaviour`` attribute is evaluated; one without gives nothing."""
-    class Carrier:
-        behaviour = verdict()
-
-    assert det.detect(Carrier(), Context(SIGS))
+def test_detect_reads_the_verdict_a_snapshot_carries():
+    """A process or container snapshot carrying a behaviour verdict is evaluated; one without gives nothing."""
+    assert det.detect(ProcessSnapshot(pid=1, behaviour=verdict()), Context(SIGS))
     assert det.detect(ProcessSnapshot(pid=1), Context(SIGS)) == []
+    sustained = CgroupVerdict("c", CpuStats(6, 30, 1.9, 0.02), True)
+    assert det.detect(ContainerInfo(id="c", behaviour=sustained), Context(SIGS))[0].strong is False
+    assert det.detect(ContainerInfo(id="c"), Context(SIGS)) == []
+
+
+def test_behaviour_is_a_registered_detector_for_processes_and_containers():
+    """Behaviour evidence is made behind the engine's crash barrier like every other kind."""
+    from agent import detectors
+
+    assert det in detectors.PROCESS_DETECTORS and det in detectors.CONTAINER_DETECTORS
 
 
 def test_container_evidence_only_when_sustained():
     """A container's cgroup verdict gives weak evidence only when sustained."""
-    from agent.behaviour import CgroupVerdict
 
     assert det.container_evidence(CgroupVerdict("c", CpuStats(6, 30, 1.9, 0.02), True))[0].strong is False
     assert det.container_evidence(CgroupVerdict("c", CpuStats(6, 30, 1.9, 0.9), False)) == []
@@ -331,9 +337,12 @@ def snapshot_of(pid: int, yara_hits=(), container_id: str = "") -> ProcessSnapsh
 
 
 def all_evidence(proc: ProcessSnapshot, ctx: Context, verdict) -> list[Evidence]:
+    import dataclasses
+
     from agent import detectors
 
-    return [e for d in detectors.PROCESS_DETECTORS for e in d.detect(proc, ctx)] + det.detect(verdict, ctx)
+    proc = dataclasses.replace(proc, behaviour=verdict)
+    return [e for d in detectors.PROCESS_DETECTORS for e in d.detect(proc, ctx)]
 
 
 def test_obfuscated_miner_is_caught_by_memory_behaviour_and_network(spawn, helper_bins, fake_pool, bundle):
@@ -360,7 +369,6 @@ def test_benign_cpu_heavy_container_stays_below_medium(docker_run, base_image, b
     from agent.collectors import cgroups
     from agent.collectors.cpu_sampler import CpuSampler
     from agent.collectors.yarascan import YaraScanner
-    from agent.model import ContainerInfo
     from tests.helpers import procs
 
     c = docker_run(base_image, ["burner", "-t", "2", "--seconds", "150"])
@@ -372,6 +380,6 @@ def test_benign_cpu_heavy_container_stays_below_medium(docker_run, base_image, b
     assert hits == ()
     ctx = Context(bundle, container=ContainerInfo(id=cid, image=base_image))
     process = all_evidence(snapshot_of(pid, hits, cid), ctx, m.verdict(pid))
-    container = det.detect(m.cgroup_verdict(cid), ctx)
+    container = det.detect(ContainerInfo(id=cid, image=base_image, behaviour=m.cgroup_verdict(cid)), ctx)
     assert process and container
     assert severity_of(process)[0] <= Severity.LOW and severity_of(container)[0] <= Severity.LOW

@@ -89,14 +89,6 @@ def test_network_connection_to_configured_pool_on_443():
     assert e.strong and e.destination == ("127.0.0.1", 443, "pool.example")
 
 
-def test_network_uses_resolved_pool_addresses():
-    """An address the resolver knows as a pool's is strong evidence with its domain."""
-    ctx = Context(SIGS, pool_ips={"127.0.0.9": "pool.supportxmr.com"})
-    proc = ProcessSnapshot(pid=1, connections=(Connection("127.0.0.1", 5000, "127.0.0.9", 443, "ESTABLISHED"),))
-    (e,) = network.detect(proc, ctx)
-    assert e.destination == ("127.0.0.9", 443, "pool.supportxmr.com")
-
-
 @pytest.mark.parametrize("name", ["kworker/0:1", "[kworker/1:2-events]", "kthreadd", "ksoftirqd/0"])
 def test_kernel_thread_name_on_a_real_executable_is_masquerade(name):
     """A process with an executable and a kernel-thread name is masquerading."""

@@ -9,9 +9,9 @@ import time
 import pytest
 import structlog
 
-from agent.collectors import docker_inventory
-from agent.collectors.docker_events import (DockerWatcher, event_from_message, inspect,
-                                            normalise_action)
+from agent.collectors import docker_api
+from agent.collectors.docker_api import ContainerGone, DockerHandle
+from agent.collectors.docker_events import DockerWatcher, event_from_message, normalise_action
 from agent.events import ContainerEvent, EventQueue
 from tests.helpers import procs
 from tests.helpers.second_dockerd import SecondDockerd
@@ -103,15 +103,16 @@ def test_backoff_grows_with_jitter_up_to_the_cap():
 
 
 def test_resync_first_then_container_lifecycle(docker_client, base_image, docker_run, watcher):
-    """After a resync, start/exec/pause/unpause/die/destroy of a container arrive in order, and
-    nothing else about it (create, kill, exec_create...)."""
+    """After a resync, start/exec/unpause/die/destroy of a container arrive in order, and
+    nothing else about it (create, pause, kill, exec_create...)."""
     w, q = watcher(MAIN_URL)
     assert w.wait_connected(WAIT), w.last_error
     assert q.get(timeout=WAIT) == ContainerEvent("resync"), "resync must be the first event"
     c = docker_run(base_image, ["sleep", "60"])
     assert wait_event(q, lambda e: e.container_id == c.id) == ContainerEvent("start", c.id)
-    info = inspect(docker_client, c.id)
-    assert info is not None and info.id == c.id and info.pid > 0
+    handle = DockerHandle.of(docker_client)
+    info = handle.inspect_container(c.id)
+    assert info.id == c.id and info.pid > 0
     c.exec_run(["true"])
     c.pause()
     c.unpause()
@@ -120,8 +121,9 @@ def test_resync_first_then_container_lifecycle(docker_client, base_image, docker
     actions = ["start"]
     while actions[-1] != "destroy":
         actions.append(wait_event(q, lambda e: e.container_id == c.id).action)
-    assert actions == ["start", "exec_start", "pause", "unpause", "die", "destroy"]
-    assert inspect(docker_client, c.id) is None
+    assert actions == ["start", "exec_start", "unpause", "die", "destroy"]
+    with pytest.raises(ContainerGone):
+        handle.inspect_container(c.id)
     assert w.is_alive() and w.connected and w.reconnects == 0
 
 
@@ -163,7 +165,7 @@ def test_crash_barrier_survives_an_unexpected_error(watcher):
         calls.append(url)
         if len(calls) == 1:
             raise RuntimeError("bug in a cycle")
-        return docker_inventory.connect(url, timeout)
+        return docker_api.connect(url, timeout)
 
     with structlog.testing.capture_logs() as logs:
         w, q = watcher(MAIN_URL, connect=flaky_connect)
@@ -211,17 +213,18 @@ def test_docker_restart_reconnects_and_finds_new_container(dockerd2, watcher):
         # What the daemon does: a resync lists every running container, a start inspects one.
         inspected: set[str] = set()
         seen: list = []
+        docker = DockerHandle.of(client, dockerd2.url)
 
         def handle(ev) -> bool:
             if is_resync(ev):
-                inspected.update(docker_inventory.list_running(dockerd2.url, client).containers)
-            elif ev.action == "start" and (info := inspect(client, ev.container_id)):
-                inspected.add(info.id)
+                inspected.update(docker.running())
+            elif ev.action == "start":
+                inspected.add(docker.inspect_container(ev.container_id).id)
             return c.id in inspected
 
         wait_event(q, handle, seen=seen)
         if not any(is_resync(e) for e in seen):
             wait_event(q, is_resync, seen=seen)
     assert w.reconnects == 1 and w.connected and w.is_alive()
-    assert c.id in docker_inventory.list_running(dockerd2.url, client).containers
+    assert c.id in docker.running()
     assert any(e["event"] == "docker_disconnected" for e in logs)

@@ -18,7 +18,7 @@ from agent.collectors.fswatch import STOP_TIMEOUT_S, FileWatcher
 from agent.collectors.hashing import HashCache
 from agent.collectors.yarascan import YaraScanner
 from agent.events import EventQueue, FileEvent
-from agent.file_worker import FileInspector, container_path
+from agent.collectors.file_inspector import FileInspector, container_path
 from agent.signatures import load_bundle
 from tests.helpers.openspy import OpenSpy
 

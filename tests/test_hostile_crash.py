@@ -77,39 +77,3 @@ def test_kill9_with_pending_alerts_then_restart_delivers_each_once(tmp_path, spa
           f"{delivered_after:.1f} s after the restart began (READY after {ready_after:.1f} s); "
           f"webhook repeats {sum(n - 1 for n in repeats.values())}, file repeats {file_repeats}; "
           f"{len(arrived)} distinct alerts in all")
-
-
-def test_worker_crash_barrier_survives_a_failing_event(tmp_path):
-    """An exception while handling one event is logged and counted; the worker thread lives on and handles the next."""
-    import threading
-
-    from structlog.testing import capture_logs
-
-    from agent import config as config_mod
-    from agent.daemon import Daemon
-    from agent.events import ContainerEvent
-    from agent.signatures import load_bundle
-
-    cfg = config_mod.from_dict({"agent": {"state_dir": str(tmp_path / "state"), "interval": 60}})
-    daemon = Daemon(cfg, load_bundle(None))
-    handled = []
-
-    def handle(event):
-        if event.container_id == "bad":
-            raise RecursionError("a parser bug on hostile input")
-        handled.append(event)
-
-    daemon.state.handle = handle
-    daemon.state.initial_scan = lambda *args, **kwargs: None
-    worker = threading.Thread(target=daemon._work, daemon=True)
-    with capture_logs() as logs:
-        worker.start()
-        daemon.queue.put(ContainerEvent("start", "bad"))
-        daemon.queue.put(ContainerEvent("start", "good"))
-        deadline = time.monotonic() + 10
-        while not handled and time.monotonic() < deadline:
-            time.sleep(0.05)
-        daemon.stop_event.set()
-        worker.join(5)
-    assert [e.container_id for e in handled] == ["good"] and daemon.stats.worker_errors == 1
-    assert any(e["event"] == "worker_error" and "bad" in e["failed_event"] for e in logs), logs

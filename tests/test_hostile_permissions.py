@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.collectors.docker_api import DockerHandle
 from agent import trust
 from agent.signatures import bundled_directory
 from tests.agentproc import AgentProcess
@@ -47,16 +48,17 @@ def test_quarantined_evidence_is_0600_in_a_0700_directory(tmp_path, docker_clien
     """Enforce-mode response to our own miner container keeps its binary 0600 (and the record 0600) in a 0700 directory."""
     from agent.collectors import docker_inventory
     from agent.config import from_dict
-    from agent.inspector import Inspector
+    from agent.collectors.snapshots import SnapshotCollector
+    from agent.judge import Judge
     from agent.response import Responder
     from agent.signatures import load_bundle
 
     cfg = from_dict({"agent": {"state_dir": str(tmp_path / "state")}, "response": {"mode": "enforce"}})
-    insp = Inspector(cfg, load_bundle(None))
+    collect, judge = SnapshotCollector(cfg, load_bundle(None)), Judge.from_config(cfg, load_bundle(None))
     m = miner_in_container
     info = docker_inventory.container_from_inspect(docker_client.api.inspect_container(m.id))
-    found = insp.judge_process(insp.scan_exe(insp.procfs.snapshot(m.pid)), info, insp.container_evidence(info))
-    out = Responder(cfg, lambda: docker_client, state_dir=cfg.agent.state_dir).respond(found)
+    found = judge.process(collect.snapshot(m.pid), info, judge.container_evidence(info))
+    out = Responder(cfg, DockerHandle.of(docker_client), state_dir=cfg.agent.state_dir).respond(found)
     assert (out.response.action, out.response.result) == ("pause", "done"), out.response
     qdir = tmp_path / "state" / "quarantine"
     digest = hashlib.sha256(helper_bins.fakeminer.read_bytes()).hexdigest()

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from agent.collectors.docker_api import DockerHandle
 from agent.config import load
 from agent.response import Responder
 from tests.sweeping import REPO
@@ -43,14 +44,15 @@ def paused(docker_client, cid: str) -> bool:
 def pause_with_agent(cfg_path: Path, docker_client, miner) -> Responder:
     """Pause the miner container the way the daemon does (a critical verdict, then the responder)."""
     from agent.collectors import docker_inventory
-    from agent.inspector import Inspector
+    from agent.collectors.snapshots import SnapshotCollector
+    from agent.judge import Judge
     from agent.signatures import load_bundle
 
     cfg = load(cfg_path)
-    insp = Inspector(cfg, load_bundle())
+    collect, judge = SnapshotCollector(cfg, load_bundle()), Judge.from_config(cfg, load_bundle())
     info = docker_inventory.container_from_inspect(docker_client.api.inspect_container(miner.id))
-    finding = insp.judge_process(insp.scan_exe(insp.procfs.snapshot(miner.pid)), info, insp.container_evidence(info))
-    responder = Responder(cfg, lambda: docker_client, state_dir=cfg.agent.state_dir)
+    finding = judge.process(collect.snapshot(miner.pid), info, judge.container_evidence(info))
+    responder = Responder(cfg, DockerHandle.of(docker_client), state_dir=cfg.agent.state_dir)
     assert responder.respond(finding).response.result == "done"
     assert paused(docker_client, miner.id)
     return responder
@@ -59,7 +61,8 @@ def pause_with_agent(cfg_path: Path, docker_client, miner) -> Responder:
 def test_release_unpauses_logs_who_and_is_not_repaused(tmp_path, docker_client, miner_in_container):
     """`release NAME` unpauses a container the agent paused (exit 0), logs who and when; the agent leaves it be."""
     from agent.collectors import docker_inventory
-    from agent.inspector import Inspector
+    from agent.collectors.snapshots import SnapshotCollector
+    from agent.judge import Judge
     from agent.signatures import load_bundle
 
     cfg_path = write_config(tmp_path)
@@ -74,9 +77,9 @@ def test_release_unpauses_logs_who_and_is_not_repaused(tmp_path, docker_client, 
     assert m.id not in json.loads((tmp_path / "state" / "paused.json").read_text())
 
     cfg = load(cfg_path)  # the daemon's next verdict on the same miner
-    insp = Inspector(cfg, load_bundle())
+    collect, judge = SnapshotCollector(cfg, load_bundle()), Judge.from_config(cfg, load_bundle())
     info = docker_inventory.container_from_inspect(docker_client.api.inspect_container(m.id))
-    again = responder.respond(insp.judge_process(insp.scan_exe(insp.procfs.snapshot(m.pid)), info))
+    again = responder.respond(judge.process(collect.snapshot(m.pid), info))
     assert again.response.result == "skipped" and again.response.reason.startswith("released by alice-test")
     assert not paused(docker_client, m.id)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.collectors.docker_api import DockerHandle
 from agent.collectors import docker_inventory
 from agent.config import from_dict
 from agent.model import ContainerInfo, Evidence, Finding, ProcessSnapshot, ResponseRecord, Severity
@@ -23,6 +24,8 @@ from tests.helpers.cgroup_sandbox import FreezerSandbox
 
 CID = "ab" * 32
 FAKE_CID = "c0ffee" + "0" * 58
+
+NO_DOCKER = "unix:///nonexistent/minerwatch-test-docker.sock"  # a handle that never connects
 
 
 def config(tmp_path: Path | None = None, **response):
@@ -192,14 +195,14 @@ def test_containerd_container_is_frozen_through_its_cgroup_and_released(tmp_path
         snap = _snapshot(burner.pid)
         assert (snap.container_id, snap.container_runtime) == (FAKE_CID, "containerd")
         cfg = config(tmp_path)
-        r = Responder(cfg, lambda: docker_client, state_dir=cfg.agent.state_dir)
+        r = Responder(cfg, DockerHandle.of(docker_client), state_dir=cfg.agent.state_dir)
         out = r.respond(finding(container=None, process=snap))
         assert (out.response.action, out.response.result) == ("freeze", "done"), out.response
         assert f"froze cgroup-v1 cgroup {box.path}" in out.response.reason
         assert box.state() == "FROZEN"
         again = r.respond(finding(container=None, process=snap))
         assert again.response.result == "done" and "already frozen" in again.response.reason
-        done = release(FAKE_CID[:12], ResponseRecords(cfg.agent.state_dir), lambda: docker_client)
+        done = release(FAKE_CID[:12], ResponseRecords(cfg.agent.state_dir), DockerHandle.of(docker_client))
         assert box.state() == "THAWED" and done.by_agent and "thawed cgroup-v1" in done.how
         assert FAKE_CID in ResponseRecords(cfg.agent.state_dir).released()
 
@@ -209,10 +212,10 @@ def test_host_process_is_stopped_only_when_configured(tmp_path, spawn, helper_bi
     burner = spawn([helper_bins.burner, "-t", "1", "--seconds", "60"])
     snap = _snapshot(burner.pid)
     cfg = config(tmp_path, stop_host_processes=True)
-    out = Responder(cfg, lambda: None, state_dir=cfg.agent.state_dir).respond(finding(container=None, process=snap))
+    out = Responder(cfg, DockerHandle(NO_DOCKER), state_dir=cfg.agent.state_dir).respond(finding(container=None, process=snap))
     assert (out.response.action, out.response.result) == ("stop", "done"), out.response
     procs.wait_until(lambda: Path(f"/proc/{burner.pid}/stat").read_text().split(") ")[1][0] == "T", 5, 0.02, "stopped")
-    release(f"pid:{burner.pid}", ResponseRecords(cfg.agent.state_dir), lambda: None)
+    release(f"pid:{burner.pid}", ResponseRecords(cfg.agent.state_dir), DockerHandle(NO_DOCKER))
     procs.wait_until(lambda: Path(f"/proc/{burner.pid}/stat").read_text().split(") ")[1][0] != "T", 5, 0.02, "continued")
 
 
@@ -226,7 +229,7 @@ def test_identity_guard_refuses_a_changed_process(tmp_path, spawn, helper_bins, 
     """A finding whose PID now has another start time or executable is refused, and nothing is stopped."""
     burner = spawn([helper_bins.burner, "-t", "0", "--seconds", "60"])
     cfg = config(tmp_path, stop_host_processes=True)
-    out = Responder(cfg, lambda: None, state_dir=cfg.agent.state_dir).respond(
+    out = Responder(cfg, DockerHandle(NO_DOCKER), state_dir=cfg.agent.state_dir).respond(
         finding(container=None, process=_snapshot(burner.pid, **change)))
     assert out.response.result == "refused" and out.response.reason.startswith("identity changed:")
     assert words in out.response.reason
@@ -240,7 +243,7 @@ def test_identity_guard_refuses_an_exited_process(tmp_path, spawn, helper_bins):
     burner.kill()
     burner.wait(10)
     cfg = config(tmp_path, stop_host_processes=True)
-    out = Responder(cfg, lambda: None, state_dir=cfg.agent.state_dir).respond(finding(container=None, process=snap))
+    out = Responder(cfg, DockerHandle(NO_DOCKER), state_dir=cfg.agent.state_dir).respond(finding(container=None, process=snap))
     assert (out.response.result, out.response.reason) == ("refused", f"identity changed: PID {snap.pid} exited")
 
 
@@ -256,11 +259,12 @@ def signatures():
 
 def verdict(cfg, signatures, docker_client, pid: int, container_id: str) -> Finding:
     """What the daemon would conclude about ``pid``: a real snapshot, scan and judgement."""
-    from agent.inspector import Inspector
+    from agent.collectors.snapshots import SnapshotCollector
+    from agent.judge import Judge
 
-    insp = Inspector(cfg, signatures)
+    collect, judge = SnapshotCollector(cfg, signatures), Judge.from_config(cfg, signatures)
     info = docker_inventory.container_from_inspect(docker_client.api.inspect_container(container_id))
-    found = insp.judge_process(insp.scan_exe(insp.procfs.snapshot(pid)), info, insp.container_evidence(info))
+    found = judge.process(collect.snapshot(pid), info, judge.container_evidence(info))
     assert found is not None and found.severity == Severity.CRITICAL, found
     return found
 
@@ -275,7 +279,7 @@ def test_miner_container_is_paused_and_evidence_kept(tmp_path, docker_client, mi
     cfg = config(tmp_path)
     f = verdict(cfg, signatures, docker_client, m.pid, m.id)
     started = time.monotonic()
-    out = Responder(cfg, lambda: docker_client, state_dir=cfg.agent.state_dir).respond(f)
+    out = Responder(cfg, DockerHandle.of(docker_client), state_dir=cfg.agent.state_dir).respond(f)
     took = time.monotonic() - started
     assert (out.response.action, out.response.result) == ("pause", "done"), out.response
     assert out.response.reason.startswith("critical finding >= pause_severity critical: paused")
@@ -311,7 +315,7 @@ def test_protected_containers_are_not_paused(how, tmp_path, docker_client, base_
     f = verdict(cfg, signatures, docker_client, m.pid, m.id)
     if how == "label-unknown-to-the-finding":  # Docker's fresh inspect still finds the label
         f = dataclasses.replace(f, container=ContainerInfo(id=m.id))
-    out = Responder(cfg, lambda: docker_client, state_dir=cfg.agent.state_dir).respond(f)
+    out = Responder(cfg, DockerHandle.of(docker_client), state_dir=cfg.agent.state_dir).respond(f)
     assert (out.response.action, out.response.result) == ("none", "skipped"), out.response
     expected = {"name": f"protected by response.protect entry {m.name!r} (name {m.name})",
                 "image": "protected by response.protect entry 'minerwatch-test/*' (image minerwatch-test/base:1)"}
@@ -323,7 +327,7 @@ def test_observe_mode_does_not_pause(tmp_path, docker_client, miner_in_container
     """In observe mode the miner container keeps running and the response says what would have been done."""
     m = miner_in_container
     cfg = config(tmp_path, mode="observe")
-    out = Responder(cfg, lambda: docker_client, state_dir=cfg.agent.state_dir).respond(
+    out = Responder(cfg, DockerHandle.of(docker_client), state_dir=cfg.agent.state_dir).respond(
         verdict(cfg, signatures, docker_client, m.pid, m.id))
     assert out.response == ResponseRecord("pause", "dry-run", "observe mode: would pause (critical finding >= pause_severity critical)")
     assert not paused(docker_client, m.id)
@@ -340,7 +344,7 @@ def test_replaced_container_with_the_same_name_is_not_hit(tmp_path, docker_clien
     name = old.name
     remove_container(docker_client, old.id)
     new = start_miner_container(docker_client, base_image, name=name)
-    out = Responder(cfg, lambda: docker_client, state_dir=cfg.agent.state_dir).respond(f)
+    out = Responder(cfg, DockerHandle.of(docker_client), state_dir=cfg.agent.state_dir).respond(f)
     assert out.response.result == "refused" and out.response.reason.startswith("identity changed:"), out.response
     assert not paused(docker_client, new.id)
 
@@ -353,11 +357,11 @@ def test_docker_unreachable_freezes_the_cgroup_and_release_thaws(tmp_path, docke
     freezer = CgroupFreezer()
     target = freezer.target_for(procs.cgroup(m.pid))
     try:
-        out = Responder(cfg, lambda: None, state_dir=cfg.agent.state_dir).respond(f)
+        out = Responder(cfg, DockerHandle(NO_DOCKER), state_dir=cfg.agent.state_dir).respond(f)
         assert (out.response.action, out.response.result) == ("freeze", "done"), out.response
         assert "(docker unreachable)" in out.response.reason
         assert freezer.state(target) == "FROZEN"
-        done = release(m.name, ResponseRecords(cfg.agent.state_dir), lambda: None)
+        done = release(m.name, ResponseRecords(cfg.agent.state_dir), DockerHandle(NO_DOCKER))
         assert freezer.state(target) == "THAWED" and done.by_agent
     finally:
         freezer.thaw(target)  # the container fixture can only remove it thawed
@@ -368,7 +372,7 @@ def test_unknown_container_with_docker_unreachable_fails_and_says_why(tmp_path, 
     m = miner_in_container
     cfg = config(tmp_path)
     f = dataclasses.replace(verdict(cfg, signatures, docker_client, m.pid, m.id), container=None)
-    out = Responder(cfg, lambda: None, state_dir=cfg.agent.state_dir).respond(f)
+    out = Responder(cfg, DockerHandle(NO_DOCKER), state_dir=cfg.agent.state_dir).respond(f)
     assert (out.response.action, out.response.result) == ("pause", "failed")
     assert "response.protect cannot be checked" in out.response.reason
     assert CgroupFreezer().state(CgroupFreezer().target_for(procs.cgroup(m.pid))) == "THAWED"

@@ -18,7 +18,7 @@ from agent import signatures
 from agent.collectors.docker_inventory import container_from_inspect
 from agent.detectors.base import Context
 from agent.engine import Engine
-from agent.image_scan import ImageScanError, ImageScanner, ScanLimits, alerts
+from agent.images.scanner import ImageScanError, ImageScanner, ScanLimits, alerts
 from agent.model import Severity
 from tests.alerts_schema import validate
 from tests.helpers import image_archives as ia
@@ -317,7 +317,7 @@ def test_sweep_alert_of_lookalike_container_has_image_evidence(docker_client, do
 def test_cli_timeout_default_is_the_scanner_default():
     """The CLI's --timeout default (kept apart to keep YARA out of CLI start-up) is the scanner's."""
     from agent.cli import scan_image_cmd
-    from agent.image_scan import DEFAULT_TIMEOUT_S
+    from agent.images.scanner import DEFAULT_TIMEOUT_S
 
     assert scan_image_cmd.DEFAULT_TIMEOUT_S == DEFAULT_TIMEOUT_S
 

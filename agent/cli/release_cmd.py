@@ -19,11 +19,11 @@ def release(container: str, config_path: str | None) -> int:
     from agent import config, logging_setup
     from agent.response.records import ResponseRecords
     from agent.response.release import release as do_release
-    from agent.response.responder import docker_factory
+    from agent.collectors.docker_api import DockerHandle
 
     logging_setup.configure("info")
     cfg = config.load(config_path)
-    done = do_release(container, ResponseRecords(cfg.agent.state_dir), docker_factory(cfg.docker.url),
+    done = do_release(container, ResponseRecords(cfg.agent.state_dir), DockerHandle(cfg.docker.url),
                       proc_root=cfg.agent.proc_root)
     click.echo(done.message())
     return 0

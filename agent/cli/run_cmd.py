@@ -17,7 +17,7 @@ import click
 def run(config_path: str | None, log_level: str) -> int:
     """Run the detection daemon in the foreground until SIGTERM or SIGINT."""
     from agent import config, logging_setup, signatures, trust
-    from agent.daemon import Daemon
+    from agent.daemon import wiring
     from agent.state_dir import prepare_state_dir
 
     logging_setup.configure(log_level)
@@ -27,4 +27,4 @@ def run(config_path: str | None, log_level: str) -> int:
     trust.check_signature_dir(cfg.agent.signatures or signatures.bundled_directory())
     sig = signatures.load_bundle(cfg.agent.signatures or None)
     prepare_state_dir(cfg.agent.state_dir, cfg.source)
-    return Daemon(cfg, sig, config_path=config_path).run()
+    return wiring.build(cfg, sig, config_path=config_path).run()

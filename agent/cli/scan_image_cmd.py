@@ -14,7 +14,7 @@ import click
 from agent.model import Severity
 
 LEVELS = ["low", "medium", "high", "critical"]
-DEFAULT_TIMEOUT_S = 600.0  # as agent.image_scan.DEFAULT_TIMEOUT_S (not imported here: it pulls in YARA)
+DEFAULT_TIMEOUT_S = 600.0  # as agent.images.scanner.DEFAULT_TIMEOUT_S (not imported here: it pulls in YARA)
 _STYLE = {Severity.CRITICAL: "bold red", Severity.HIGH: "red", Severity.MEDIUM: "yellow", Severity.LOW: "cyan"}
 _KINDS = {"odd_name": "name(s) with '..' or a leading '/'", "symlink": "symlink(s)", "hardlink": "hard link(s)",
           "fifo": "FIFO(s)", "device": "device(s)", "other": "other special file(s)"}
@@ -33,7 +33,8 @@ def scan_image(image: str, as_json: bool, config_path: str | None, min_severity:
     """Scan a local image without running it: every executable, ELF file and script in every
     layer (also files a later layer deleted) is hashed and YARA-scanned, and the image config
     and name are checked. Streams Docker's image export; writes nothing to disk; never pulls."""
-    from agent import config, image_scan, logging_setup, signatures
+    from agent import config, logging_setup, signatures
+    from agent.images import scanner as image_scan
 
     logging_setup.configure("warning")
     cfg = config.load(config_path)

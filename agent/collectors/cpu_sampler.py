@@ -21,7 +21,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.behaviour import CgroupCpuSample, HostArtefacts, ProcessCpuSample
+from agent.model import CgroupCpuSample, HostArtefacts, ProcessCpuSample
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 BIG_MAPPING_MB = 128  # anonymous mappings at least this big are reported

@@ -1,7 +1,7 @@
 """Docker's event stream as ContainerEvents on the daemon's queue, across Docker restarts.
 
 ``DockerWatcher`` is one thread ("docker-events") that only enqueues: the daemon's worker
-inspects the container (``inspect`` below, built on docker_inventory) and its processes.
+inspects the container (through ``docker_api.DockerHandle``) and its processes.
 On every (re)connection it first puts ``ContainerEvent("resync")``, so the worker
 re-inspects every running container: one started while the stream was down is not missed.
 It also reconnects with ``since=<time of the last event>`` so Docker replays what it still
@@ -16,16 +16,16 @@ import threading
 from typing import Callable
 
 import structlog
-from docker.errors import DockerException, NotFound, StreamParseError
+from docker.errors import DockerException, StreamParseError
 
-from agent.collectors import docker_inventory
+from agent.collectors import docker_api
 from agent.events import ContainerEvent, EventQueue
-from agent.model import ContainerInfo
 
 log = structlog.get_logger("minerwatch.docker_events")
 
-# Container actions the daemon acts on. Docker spells exec as "exec_start: <cmd>".
-FORWARDED_ACTIONS = ("start", "unpause", "exec_start", "die", "destroy", "pause")
+# Container actions the daemon acts on (and only those). Docker spells exec as "exec_start: <cmd>";
+# a restart arrives as die + start, a stop or kill as die.
+FORWARDED_ACTIONS = ("start", "unpause", "exec_start", "die", "destroy")
 RESYNC = "resync"
 
 
@@ -45,15 +45,6 @@ def event_from_message(msg: dict) -> ContainerEvent | None:
     return ContainerEvent(action, container_id)
 
 
-def inspect(client, container_id: str) -> ContainerInfo | None:
-    """ContainerInfo for one container, or None when it is already gone (normal churn).
-    An unreachable engine raises docker.errors.DockerException for the caller to handle."""
-    try:
-        return docker_inventory.container_from_inspect(client.api.inspect_container(container_id))
-    except NotFound:
-        return None
-
-
 class DockerWatcher:
     """Follows Docker container events in a background thread; see the module docstring.
 
@@ -71,7 +62,7 @@ class DockerWatcher:
         backoff_initial: float = 0.5,
         backoff_max: float = 30.0,
         connect_timeout: float = 5.0,
-        connect: Callable[..., object] = docker_inventory.connect,
+        connect: Callable[..., object] = docker_api.connect,
         rng: random.Random | None = None,
         stop_event: threading.Event | None = None,
     ) -> None:
@@ -148,7 +139,7 @@ class DockerWatcher:
         before the next attempt."""
         try:
             stream = self._open()
-        except (DockerException, OSError) as exc:  # socket absent, refused or hung; API error
+        except (docker_api.DockerDown, DockerException, OSError) as exc:  # socket absent, refused or hung
             return 0.0 if self._stop.is_set() else self._connect_failed(exc)
         if stream is None:
             return 0.0   # stopped while connecting

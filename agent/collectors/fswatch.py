@@ -3,7 +3,7 @@
 One watchdog observer (the inotify backend) owns every watch. Its callbacks only turn a
 file event into a ``FileEvent`` and put it on the daemon's bounded ``EventQueue`` (never
 blocking; a full queue drops and counts); hashing and YARA happen in the worker
-(``agent.file_worker.FileInspector``). Only file events are reported: creation, a move into
+(``agent.collectors.file_inspector.FileInspector``). Only file events are reported: creation, a move into
 place and the close after writing (``IN_CLOSE_WRITE``); never directories.
 
 When a watch is added, it is made live first and then the files already under it are

@@ -22,12 +22,11 @@ import re
 from collections.abc import Sequence
 
 from agent.collectors.hashing import DIR_FLAGS, Refused, open_dir_beneath, open_regular
+from agent.miner_args import config_args
 from agent.model import MinerConfig
 
 CONFIG_NAMES = ("config.json", "xmrig.json", ".xmrig.json", "config.jsonc")
 MAX_CONFIG_BYTES = 1 << 20
-_MAX_CONFIG_ARGS = 4
-_MAX_ARG_LEN = 4096
 _ABSENT_MAX = 20_000
 
 # Top-level keys that only miners use (one is enough) and keys miners use among others (two needed).
@@ -163,22 +162,6 @@ def parse_miner_config(text: str | bytes, path: str = "") -> MinerConfig | None:
     if obj is None:
         return _from_regex(text, path)
     return None
-
-
-def config_args(cmdline: Sequence[str]) -> list[str]:
-    """The values of ``-c FILE``, ``--config FILE`` and ``--config=FILE`` on a command line."""
-    found: list[str] = []
-    for i, arg in enumerate(cmdline[1:], start=1):
-        value = None
-        if arg in ("-c", "--config") and i + 1 < len(cmdline):
-            value = cmdline[i + 1]
-        elif arg.startswith("--config="):
-            value = arg[len("--config="):]
-        if value and len(value) <= _MAX_ARG_LEN and "\x00" not in value and "\n" not in value:
-            found.append(value)
-            if len(found) >= _MAX_CONFIG_ARGS:
-                break
-    return found
 
 
 def explicit_paths(cmdline: Sequence[str], cwd: str) -> list[tuple[str, str]]:

@@ -1,8 +1,13 @@
-"""The detectors, registered in one place (no file-system discovery: it breaks under PyInstaller)."""
+"""The detectors, registered in one place (no file-system discovery: it breaks under PyInstaller).
 
-from agent.detectors import cmdline, hash_ioc, image_policy, location, network, yara_match
+Each tuple is what the engine runs on one kind of subject: a ``ProcessSnapshot``, a
+``FileSnapshot`` or a ``ContainerInfo`` (a running container, or an image as scan-image sees it).
+"""
 
-PROCESS_DETECTORS = (hash_ioc, yara_match, cmdline, network, location)
-FILE_DETECTORS = (hash_ioc, yara_match)
-CONTAINER_DETECTORS = (image_policy,)
-ALL = (hash_ioc, yara_match, cmdline, network, location, image_policy)
+from agent.detectors import behaviour, cmdline, hash_ioc, image_layers, image_policy, location, network, yara_match
+from agent.detectors.base import Detector
+
+PROCESS_DETECTORS: tuple[Detector, ...] = (hash_ioc, yara_match, cmdline, network, location, behaviour)
+FILE_DETECTORS: tuple[Detector, ...] = (hash_ioc, yara_match, image_layers)
+CONTAINER_DETECTORS: tuple[Detector, ...] = (image_policy, image_layers, behaviour)
+ALL: tuple[Detector, ...] = (hash_ioc, yara_match, cmdline, network, location, behaviour, image_policy, image_layers)

@@ -1,14 +1,17 @@
 """What every detector receives, and the shape it must have.
 
 A detector is a module with ``ID``, ``VERSION``, ``TITLE`` and a pure function
-``detect(subject, ctx) -> list[Evidence]``. No I/O, no clock, no globals.
+``detect(subject, ctx) -> list[Evidence]``: no I/O, no clock, no globals. Everything it
+judges is in its subject (a snapshot the collectors made, with what the daemon observed
+over time attached) or in the context. The engine runs it behind a crash barrier.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Protocol
 
-from agent.model import ContainerInfo
+from agent.model import ContainerInfo, Evidence
 from agent.signatures import Signatures
 
 
@@ -19,5 +22,13 @@ class Context:
     signatures: Signatures
     container: ContainerInfo | None = None
     image_allow: tuple[str, ...] = ()
-    # ip -> pool domain, from the resolver cache at the edge (may be empty)
-    pool_ips: dict[str, str] = field(default_factory=dict)
+
+
+class Detector(Protocol):
+    """A detector module (``detectors/*.py``), registered by hand in ``detectors/__init__.py``."""
+
+    ID: str
+    VERSION: int
+    TITLE: str
+
+    def detect(self, subject, ctx: Context, /) -> list[Evidence]: ...

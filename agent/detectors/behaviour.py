@@ -10,11 +10,11 @@ the RandomX-specific artefacts weigh more than bare CPU, and the behaviour total
 
 from __future__ import annotations
 
-from agent.behaviour import (
-    HUGEPAGES_RAISED, MSR_LOADED, MSR_MODPROBE_CHILD, MSR_WRITES_ON, BehaviourVerdict, CgroupVerdict,
-)
 from agent.detectors.base import Context
-from agent.model import Evidence
+from agent.model import (
+    HUGEPAGES_RAISED, MSR_LOADED, MSR_MODPROBE_CHILD, MSR_WRITES_ON, BehaviourVerdict, CgroupVerdict, ContainerInfo,
+    Evidence, ProcessSnapshot,
+)
 
 ID = "behaviour"
 VERSION = 1
@@ -39,9 +39,9 @@ def randomx_size(mb: float) -> str:
     return next((what for lo, hi, what in RANDOMX_SIZES_MB if lo <= mb <= hi), "")
 
 
-def detect(subject, ctx: Context) -> list[Evidence]:
-    """Evidence from a verdict, or from a subject carrying one in ``.behaviour`` (None: nothing)."""
-    v = subject if isinstance(subject, (BehaviourVerdict, CgroupVerdict)) else getattr(subject, "behaviour", None)
+def detect(subject: ProcessSnapshot | ContainerInfo, ctx: Context) -> list[Evidence]:
+    """Evidence from the verdict the daemon attached to a process or a container (none: nothing)."""
+    v = subject.behaviour
     if isinstance(v, CgroupVerdict):
         return container_evidence(v)
     return process_evidence(v) if isinstance(v, BehaviourVerdict) else []

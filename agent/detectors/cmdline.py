@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import posixpath
 
-from agent.collectors.minerconfig import config_args
 from agent.detectors.base import Context
 from agent.detectors.pool_urls import cmdline_urls, parse_endpoint
+from agent.miner_args import config_args
 from agent.model import Evidence, ProcessSnapshot
 
 ID = "cmdline"

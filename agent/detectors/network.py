@@ -26,18 +26,14 @@ def detect(proc: ProcessSnapshot, ctx: Context) -> list[Evidence]:
             continue
         seen.add(peer)
         where = f"{conn.remote_ip}:{conn.remote_port}"
-        domain = ctx.pool_ips.get(conn.remote_ip, "")
-        if domain:
-            out.append(Evidence("network", f"connected to {where}, an address of pool {domain}", 40, _RULE,
-                                destination=(conn.remote_ip, conn.remote_port, domain)))
         if conn.remote_port in configured:
             host, source = configured[conn.remote_port]
             out.append(Evidence("network", f"connected to {where}, the pool port named in its {source} ({host})", 30, _RULE,
-                                destination=(conn.remote_ip, conn.remote_port, domain or _hostname(host))))
+                                destination=(conn.remote_ip, conn.remote_port, _hostname(host))))
         elif (entry := ctx.signatures.pool_ports.get(conn.remote_port)) is not None:
             # A stratum port alone is a weak hint: plenty of software listens on 3333 or 5555.
             out.append(Evidence("network", f"connected to {where}, a common stratum port; source: {entry.source}", 20, _RULE,
-                                strong=False, destination=(conn.remote_ip, conn.remote_port, domain)))
+                                strong=False, destination=(conn.remote_ip, conn.remote_port, "")))
     return out
 
 

@@ -9,6 +9,6 @@
 """
 
 from agent.response.policy import Decision, decide
-from agent.response.responder import Responder, docker_factory
+from agent.response.responder import Responder
 
-__all__ = ["Decision", "Responder", "decide", "docker_factory"]
+__all__ = ["Decision", "Responder", "decide"]

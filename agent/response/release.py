@@ -10,12 +10,11 @@ from __future__ import annotations
 import os
 import pwd
 import signal
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
 
-from agent.collectors import docker_inventory
+from agent.collectors.docker_api import ContainerGone, DockerDown, DockerHandle, DockerRefused
 from agent.errors import MinerwatchError
 from agent.response import identity
 from agent.response.freezer import CgroupFreezer, CgroupTarget, FreezeError
@@ -56,25 +55,20 @@ def who() -> str:
     return f"{name} (uid {uid})"
 
 
-def release(ref: str, records: ResponseRecords, docker_client_factory: Callable[[], object | None], *,
+def release(ref: str, records: ResponseRecords, docker: DockerHandle, *,
             freezer: CgroupFreezer | None = None, proc_root: str = "/proc", by: str | None = None) -> Released:
     """Release ``ref``; ReleaseError when there is nothing to release or it fails."""
     by, at = by or who(), now_iso()
     if ref.startswith("pid:"):
         return _release_pid(ref, records, proc_root, by, at)
-    import docker
-    import requests
-
     found = records.find_paused(ref)
-    client = docker_client_factory()
-    info, docker_error = None, "" if client is not None else "docker unreachable"
-    if client is not None:
-        try:
-            info = docker_inventory.container_from_inspect(client.api.inspect_container(ref))
-        except docker.errors.NotFound:
-            info = None
-        except (docker.errors.DockerException, requests.RequestException, OSError) as exc:
-            docker_error = f"docker: {exc}"
+    info, docker_error = None, ""
+    try:
+        info = docker.inspect_container(ref)
+    except ContainerGone:
+        info = None
+    except (DockerDown, DockerRefused) as exc:
+        docker_error = f"docker: {exc}"
     if info is not None and found is not None and found[0] != info.id:
         found = None  # a record for an earlier container of that name: not this one
     record = found[1] if found else (records.paused().get(info.id) if info is not None else None)
@@ -86,8 +80,8 @@ def release(ref: str, records: ResponseRecords, docker_client_factory: Callable[
         hows.append(_thaw(record, key, freezer or CgroupFreezer()))
     if info is not None and info.paused:
         try:
-            client.api.unpause(info.id)
-        except (docker.errors.DockerException, requests.RequestException, OSError) as exc:
+            docker.unpause(info.id)
+        except (ContainerGone, DockerDown, DockerRefused) as exc:
             raise ReleaseError(f"docker unpause {info.name or key[:12]} failed: {exc}") from None
         hows.append("unpaused")
     elif info is None and record and record.get("method") == "docker":

@@ -1,10 +1,10 @@
 """The response: apply the policy to a finding, verify identity, pause or freeze, keep evidence.
 
-    responder = Responder(config, docker_client_factory, state_dir=..., clock=time.monotonic)
+    responder = Responder(config, docker, state_dir=..., clock=time.monotonic)   # docker: a DockerHandle
     finding = responder.respond(finding)      # finding.response = ResponseRecord(action, result, reason)
+    responder.reconfigure(new_config)         # a reload: new policy, same memory of what was done
 
-Containers are paused through Docker (one client from ``docker_client_factory``, a callable
-returning a client or None); containers of other runtimes (containerd, CRI-O, podman, from
+Containers are paused through Docker (the ``collectors.docker_api.DockerHandle`` it is given); containers of other runtimes (containerd, CRI-O, podman, from
 the cgroup path) and Docker containers while Docker is unreachable are frozen through their
 cgroup. Host processes get SIGSTOP (opt-in). Pause first, then keep the evidence: a frozen
 process's executable is still readable, and it cannot change anything meanwhile.
@@ -28,6 +28,7 @@ import structlog
 
 from agent import alert
 from agent.collectors import cgroups, docker_inventory
+from agent.collectors.docker_api import ContainerGone, DockerDown, DockerHandle, DockerRefused
 from agent.config import Config
 from agent.model import ContainerInfo, Finding, ResponseRecord
 from agent.response import identity
@@ -45,31 +46,12 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def docker_factory(url: str, timeout: float = 5.0) -> Callable[[], object | None]:
-    """A factory that connects once and then returns the same client (None while unreachable)."""
-    import docker
-    import requests
-
-    cache: list = []
-
-    def get():
-        if not cache:
-            try:
-                cache.append(docker_inventory.connect(url, timeout))
-            except (docker.errors.DockerException, requests.RequestException, OSError) as exc:
-                log.debug("docker_connect_failed", url=url, error=str(exc))
-                return None
-        return cache[0]
-
-    return get
-
-
 class Responder:
-    def __init__(self, config: Config, docker_client_factory: Callable[[], object | None], *, state_dir: str,
+    def __init__(self, config: Config, docker: DockerHandle, *, state_dir: str,
                  clock: Callable[[], float] = time.monotonic, freezer: CgroupFreezer | None = None,
                  own_pid: int | None = None, actor: str = "minerwatch daemon") -> None:
         self.config = config
-        self.docker_client_factory = docker_client_factory
+        self.docker = docker
         self.clock = clock
         self.actor = actor
         self.proc_root = config.agent.proc_root
@@ -87,6 +69,11 @@ class Responder:
         self._logged: collections.OrderedDict[str, tuple[str, str]] = collections.OrderedDict()
         self.last_action_s = 0.0  # seconds the last pause/freeze/stop took (policy decided to done)
         self.last_action_at = 0.0  # clock() when it was done (before the evidence copy)
+
+    def reconfigure(self, config: Config) -> None:
+        """Apply a reloaded config (policy, evidence size limit); what was paused, released or logged is kept."""
+        self.config = config
+        self.quarantine.max_bytes = config.watch.max_file_mb << 20
 
     @property
     def freezer(self) -> CgroupFreezer:
@@ -168,20 +155,14 @@ class Responder:
 
     def _docker_pause(self, finding: Finding, decision: Decision) -> tuple[ResponseRecord, ContainerInfo] | None:
         """Pause through Docker; None when Docker cannot be reached (the caller freezes instead)."""
-        import docker
-        import requests
-
-        client = self.docker_client_factory()
-        if client is None:
-            return None
         cid = decision.container_id
         try:
-            data = client.api.inspect_container(cid)
-        except docker.errors.NotFound:
+            data = self.docker.inspect_raw(cid)
+        except ContainerGone:
             return ResponseRecord("pause", "refused", f"identity changed: container {cid[:12]} no longer exists"), None
-        except docker.errors.APIError as exc:
-            return ResponseRecord("pause", "failed", f"{decision.reason}: docker inspect failed: {exc.explanation or exc}"), None
-        except (docker.errors.DockerException, requests.RequestException, OSError) as exc:
+        except DockerRefused as exc:
+            return ResponseRecord("pause", "failed", f"{decision.reason}: docker inspect failed: {exc}"), None
+        except DockerDown as exc:
             log.warning("docker_unreachable_for_pause", container=cid[:12], error=str(exc))
             return None
         info = docker_inventory.container_from_inspect(data)
@@ -195,28 +176,24 @@ class Responder:
         if not (data.get("State") or {}).get("Running"):
             return ResponseRecord("pause", "skipped", f"{decision.reason}: container is not running"), info
         try:
-            client.api.pause(cid)
-        except docker.errors.APIError as exc:
-            if "already paused" in str(exc.explanation or exc):
+            self.docker.pause(cid)
+        except DockerRefused as exc:
+            if "already paused" in str(exc):
                 return ResponseRecord("pause", "done", f"{decision.reason}: already paused"), info
-            if not self._still_running(client, cid):  # it stopped meanwhile: nothing left to pause
+            if not self._still_running(cid):  # it stopped meanwhile: nothing left to pause
                 return ResponseRecord("pause", "skipped", f"{decision.reason}: container stopped"), info
-            return ResponseRecord("pause", "failed", f"{decision.reason}: docker pause failed: {exc.explanation or exc}"), info
-        except (docker.errors.DockerException, requests.RequestException, OSError) as exc:
+            return ResponseRecord("pause", "failed", f"{decision.reason}: docker pause failed: {exc}"), info
+        except (ContainerGone, DockerDown) as exc:
             return ResponseRecord("pause", "failed", f"{decision.reason}: docker pause failed: {exc}"), info
         self._record(cid, finding, info, method="docker", cgroup="")
         return ResponseRecord("pause", "done", f"{decision.reason}: paused"), info
 
-    @staticmethod
-    def _still_running(client, cid: str) -> bool:
-        import docker
-        import requests
-
+    def _still_running(self, cid: str) -> bool:
         try:
-            return bool((client.api.inspect_container(cid).get("State") or {}).get("Running"))
-        except docker.errors.NotFound:
+            return bool((self.docker.inspect_raw(cid).get("State") or {}).get("Running"))
+        except ContainerGone:
             return False
-        except (docker.errors.DockerException, requests.RequestException, OSError):  # unknown: count it as running
+        except (DockerDown, DockerRefused):  # unknown: count it as running
             return True
 
     def _freeze(self, finding: Finding, decision: Decision, ident: identity.Identity | None, note: str) -> ResponseRecord:

@@ -13,87 +13,13 @@ import statistics
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass
 
-HUGEPAGES_RAISED = "hugepages-raised"
-MSR_LOADED = "msr-loaded"
-MSR_WRITES_ON = "msr-writes-on"
-MSR_MODPROBE_CHILD = "modprobe-msr-child"
+from agent.model import (
+    HUGEPAGES_RAISED, MSR_LOADED, MSR_WRITES_ON, BehaviourVerdict, CgroupCpuSample, CgroupVerdict, CpuStats,
+    HostArtefacts, ProcessCpuSample,
+)
+
 _MAX_READINGS = 64  # per series; more samples per window than this only shortens the span
-
-
-@dataclass(frozen=True, slots=True)
-class ProcessCpuSample:
-    """One reading of a process; artefact fields are only filled for busy (detailed) reads."""
-
-    pid: int
-    start_ticks: int
-    t: float  # monotonic seconds when read
-    cpu_seconds_total: float  # utime + stime of all its threads
-    per_thread_busy: tuple[float, ...] = ()  # cores per thread since the previous detailed read
-    threads: int = 0
-    hugetlb_kb: int | None = None  # HugetlbPages from /proc/PID/status; None: not read
-    anon_big_mappings_mb: tuple[int, ...] = ()  # sizes of large anonymous mappings
-    msr_open: bool = False  # an fd points at /dev/cpu/N/msr
-
-
-@dataclass(frozen=True, slots=True)
-class CgroupCpuSample:
-    """Cumulative CPU time of one container's cgroup."""
-
-    container_id: str
-    t: float
-    usage_seconds: float
-
-
-@dataclass(frozen=True, slots=True)
-class HostArtefacts:
-    """Host-wide RandomX tamper marks; the model compares consecutive readings."""
-
-    nr_hugepages_total: int  # reserved huge pages, all sizes
-    msr_loaded: bool
-    msr_allow_writes: str = ""  # "on", "off", "default"; "" when unknown or not loaded
-    hugepages_kb_total: int = 0
-    t: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class CpuStats:
-    """Rates between consecutive readings in the window (cores: 1.0 is one core)."""
-
-    samples: int = 0  # rate intervals
-    span_s: float = 0.0
-    mean_cpu: float = 0.0
-    flatness: float = 0.0  # coefficient of variation of the rates: low is flat
-
-
-@dataclass(frozen=True, slots=True)
-class BehaviourVerdict:
-    """What a process's recent behaviour says."""
-
-    pid: int
-    start_ticks: int
-    stats: CpuStats
-    sustained: bool  # enough samples over enough time, busy and flat
-    busy_threads: int  # threads each above ``busy_core`` (median over detailed reads)
-    threads: int
-    hugetlb_kb: int = 0
-    anon_big_mappings_mb: tuple[int, ...] = ()
-    msr_open: bool = False  # seen at least once
-    artefacts: tuple[str, ...] = ()  # HUGEPAGES_RAISED, MSR_*: attributed host changes and noted children
-
-    @property
-    def mean_cpu(self) -> float:
-        return self.stats.mean_cpu
-
-
-@dataclass(frozen=True, slots=True)
-class CgroupVerdict:
-    """What a container cgroup's recent CPU use says."""
-
-    container_id: str
-    stats: CpuStats
-    sustained: bool
 
 
 class _Series:

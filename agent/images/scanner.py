@@ -1,6 +1,6 @@
 """``minerwatch scan-image``: a static scan of a local image, streamed from Docker's image export.
 
-Nothing is extracted or written (``agent.image_export`` reads the ``docker save`` stream).
+Nothing is extracted or written (``agent.images.export`` reads the ``docker save`` stream).
 Every regular file that is executable, an ELF or a script, in every layer, is hashed
 (SHA-256, SHA-1, MD5) and YARA-scanned from its bytes; files deleted or replaced by a later
 layer are still reported, as hidden in their layer. The image config (entrypoint, command,
@@ -32,13 +32,15 @@ from dataclasses import dataclass, field
 
 import yara
 
+from agent import alert
 from agent.collectors import files
+from agent.collectors.docker_api import ContainerGone, DockerDown, DockerHandle, DockerRefused
 from agent.collectors.yarascan import hits_from_matches
 from agent.detectors.base import Context
-from agent.engine import Engine, finding_id, severity_of
+from agent.engine import Engine, finding_id
 from agent.errors import MinerwatchError
-from agent.image_export import ExportError, ExportReader, Layer, Source, hidden_by, image_subject
-from agent.model import ContainerInfo, Evidence, FileSnapshot, Finding, Hashes
+from agent.images.export import ExportError, ExportReader, Layer, Source, hidden_by, image_subject
+from agent.model import ContainerInfo, FileSnapshot, Finding, Hashes
 from agent.signatures import Signatures
 
 MAX_TOTAL_BYTES = 4 << 30  # file content read over the whole image
@@ -47,7 +49,6 @@ MAX_INFLIGHT_FILES = 256
 _HANDOFF_BYTES = 256 << 10  # smaller files are finished on the reading thread
 _YARA_CACHE_MAX = 4096
 DEFAULT_TIMEOUT_S = 600.0
-RULE = "image_scan@1"
 _HEAD = 64
 _YARA_TIMEOUT_S = 60
 _PARTIAL_NOTES = 20
@@ -251,22 +252,18 @@ class ImageScanner:
         entry = reader.manifest_entry(result.image)
         config, raw = reader.config(entry)
         result.image_id = "sha256:" + hashlib.sha256(raw).hexdigest() if raw else ""
-        subject = image_subject(config, result.image, result.image_id)
-        ctx = dataclasses.replace(self._ctx, container=subject)
         layers = reader.ordered(entry, config)
+        launchers = tuple(f"{path} (layer {i})" for i, layer in enumerate(layers, 1) for path in layer.launchers)
+        subject = dataclasses.replace(image_subject(config, result.image, result.image_id), launchers=launchers)
+        ctx = dataclasses.replace(self._ctx, container=subject)
         best: dict[str, tuple[Finding, int]] = {}
         for index, layer in enumerate(layers, 1):
             for finding in self._file_findings(layer, index, layers, subject, ctx):
                 cur = best.get(finding.finding_id)
                 if cur is None or (finding.severity, not finding.file.hidden) > (cur[0].severity, not cur[0].file.hidden):
                     best[finding.finding_id] = (finding, index)
-        evidence = self.engine.container_evidence(subject, ctx)
-        launchers = [f"{path} (layer {i})" for i, layer in enumerate(layers, 1) for path in layer.launchers]
-        if launchers:
-            evidence.append(Evidence("image", f"the image contains the known miner launcher script(s) {', '.join(launchers[:3])}",
-                                     25, RULE))
         findings = [f for f, _ in best.values()]
-        if evidence and (cf := self.engine.evaluate_container(subject, ctx, evidence)) is not None:
+        if (cf := self.engine.evaluate_container(subject, ctx)) is not None:
             findings.append(cf)
         result.findings = sorted(findings, key=lambda f: (-f.severity, -f.score, f.finding_id))
         result.layer_of = {fid: index for fid, (_, index) in best.items()}
@@ -280,68 +277,50 @@ class ImageScanner:
             if item.snap is None:
                 continue
             hidden = hidden_by(item.snap.path, later)
-            snap = dataclasses.replace(item.snap, layer=layer.id, hidden=hidden is not None, container_id=subject.id)
+            note = (f"hidden in layer {index} of {len(layers)} ({layer.id}): {hidden[1]} by layer {hidden[0]}"
+                    if hidden is not None else "")
+            snap = dataclasses.replace(item.snap, layer=layer.id, hidden=hidden is not None, hidden_note=note,
+                                       container_id=subject.id)
             finding = self.engine.evaluate_file(snap, ctx)
             if finding is None:
                 continue
             # One finding per file of the image (the engine's ids make one incident per container);
             # the same file copied up into a later layer is the same finding.
             fid = finding_id("image-file", subject.id, snap.path, snap.hashes.sha256 if snap.hashes else "")
-            finding = dataclasses.replace(finding, finding_id=fid)
-            if hidden is not None:
-                where = f"hidden in layer {index} of {len(layers)} ({layer.id}): {hidden[1]} by layer {hidden[0]}"
-                evidence = (*finding.evidence, Evidence("location", where, 10, RULE, strong=False))
-                sev, score = severity_of(evidence)
-                finding = dataclasses.replace(finding, evidence=evidence, severity=sev, score=score)
-            yield finding
+            yield dataclasses.replace(finding, finding_id=fid)
 
 
-def _guarded(chunks):
-    """The export's chunks; a refused or broken export becomes an ExportError."""
-    import docker
-    import requests
-    import urllib3
-
-    try:
-        yield from chunks
-    except docker.errors.APIError as exc:  # refused before the first byte (20.10 writes a full copy first)
-        raise ExportError(f"Docker could not export the image: {exc.explanation or exc}") from None
-    except (docker.errors.DockerException, requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-        raise ExportError(f"the image export broke off: {exc}") from None
-
-
-def scan_local_image(name: str, cfg, sig: Signatures, *, timeout_s: float = DEFAULT_TIMEOUT_S, client=None,
-                     progress: Callable[[int], None] | None = None) -> ImageScanResult:
+def scan_local_image(name: str, cfg, sig: Signatures, *, timeout_s: float = DEFAULT_TIMEOUT_S,
+                     docker: DockerHandle | None = None, progress: Callable[[int], None] | None = None) -> ImageScanResult:
     """Scan local image ``name`` (reference or id) through the Docker API at ``cfg.docker.url``; never pulls."""
-    import docker
-
-    from agent.collectors import docker_inventory
-    from agent.errors import DockerUnavailable
-
-    if client is None:
-        try:
-            client = docker_inventory.connect(cfg.docker.url, timeout=10)
-        except (docker.errors.DockerException, OSError) as exc:
-            raise DockerUnavailable(f"Docker is not reachable at {cfg.docker.url}: {exc}") from None
-        client.api.timeout = timeout_s  # Docker 20.10 writes the whole export aside before its first byte
+    # Docker 20.10 writes the whole export aside before its first byte: the timeout is the scan's.
+    docker = docker or DockerHandle(cfg.docker.url, timeout=timeout_s)
     try:
-        info = client.api.inspect_image(name)
-        chunks = client.api.get_image(name)
-    except docker.errors.ImageNotFound:
+        info = docker.inspect_image(name)
+    except ContainerGone:
         raise ImageNotFound(f"no local image {name!r} (scan-image never pulls)") from None
-    except (docker.errors.DockerException, OSError) as exc:
+    except DockerRefused as exc:
         raise ImageScanError(f"Docker could not export image {name!r}: {exc}") from None
     policy_name, hex_id = name, name.lower().removeprefix("sha256:")
     if len(hex_id) >= 12 and str(info.get("Id", "")).startswith("sha256:" + hex_id):  # an id: judge it by its first tag
         policy_name = next(iter(info.get("RepoTags") or ()), name)
     limits = ScanLimits(max_file_bytes=cfg.watch.max_file_mb << 20, timeout_s=timeout_s)
     scanner = ImageScanner(sig, limits=limits, image_allow=cfg.images.allow)
-    return scanner.scan(_guarded(chunks), policy_name, progress)
+    return scanner.scan(_guarded(docker.export_image(name)), policy_name, progress)
+
+
+def _guarded(chunks):
+    """The export's chunks; a refused or broken export becomes an ExportError."""
+    try:
+        yield from chunks
+    except DockerRefused as exc:  # refused before the first byte (20.10 writes a full copy first)
+        raise ExportError(f"Docker could not export the image: {exc}") from None
+    except (ContainerGone, DockerDown) as exc:
+        raise ExportError(f"the image export broke off: {exc}") from None
 
 
 def alerts(result: ImageScanResult, findings: Iterable[Finding]) -> list[dict]:
     """ECS alerts for ``findings``, each with ``minerwatch.image`` (name, id; layer and hidden for a file)."""
-    from agent import alert
 
     out = []
     for f in findings:

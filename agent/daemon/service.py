@@ -1,0 +1,167 @@
+"""The daemon's main thread: start the collectors and the worker, then signals, sd_notify and the watchdog.
+
+Threads and who owns what:
+- collectors (proc connector, Docker events, file watcher) only enqueue events;
+- the worker thread owns all detection state, through the parts ``wiring`` gave it;
+- the alert pipeline's delivery threads own the sinks;
+- this (main) thread handles signals, systemd notifications and the watchdog, and asks the
+  worker to reload or stop through the queue and the stop event, never by touching its state.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from dataclasses import dataclass
+
+import structlog
+
+from agent.collectors.proc_connector import ConnectorUnavailable
+from agent.config import Config
+from agent.daemon.sd_notify import Notifier
+from agent.daemon.worker import Worker
+from agent.events import EventQueue, Reload
+
+log = structlog.get_logger("minerwatch.daemon")
+
+STATUS_EVERY_S = 10.0  # how often the STATUS= line shown by `systemctl status` is refreshed
+
+
+@dataclass
+class Collectors:
+    """The threads that feed the queue (started and stopped here, never touched by the worker)."""
+
+    file_watcher: object  # collectors.fswatch.FileWatcher
+    proc_connector: object  # collectors.proc_connector.ProcConnector (exec events)
+    docker_watcher: object  # collectors.docker_events.DockerWatcher
+
+
+class Daemon:
+    def __init__(self, config: Config, worker: Worker, collectors: Collectors, alerts, *, queue: EventQueue,
+                 notifier: Notifier, clock=time.monotonic, serve_metrics=None) -> None:
+        """``serve_metrics(listen, stats_fn)`` starts the metrics endpoint (``daemon.metrics.serve``)."""
+        self.config = config
+        self.worker = worker
+        self.collectors = collectors
+        self.alerts = alerts
+        self.queue = queue
+        self.notifier = notifier
+        self.clock = clock
+        self.serve_metrics = serve_metrics
+        self.stop_event = threading.Event()
+        self.reload_event = threading.Event()
+        self.exec_events = False  # the kernel connector is running (else: polling every interval)
+        self._thread = threading.Thread(target=worker.run, args=(self.stop_event,), name="worker", daemon=True)
+        self._metrics_server = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def run(self) -> int:
+        """Run until SIGTERM/SIGINT; returns the exit code."""
+        self._install_signals()
+        self._start_collectors()
+        if self.config.metrics.listen and self.serve_metrics is not None:
+            self._metrics_server = self.serve_metrics(self.config.metrics.listen, self.metrics_snapshot)
+        self._thread.start()
+        # The first scan may take a while on a big host: SIGTERM still ends it promptly.
+        while not self.worker.ready.wait(0.5) and not self.stop_event.is_set():
+            pass
+        if not self.stop_event.is_set():
+            self.notifier.ready(self.status_line())
+            log.info("started", status=self.status_line())
+        ping_every = self.notifier.watchdog_interval() or 5.0
+        last_status = self.clock()
+        while not self.stop_event.wait(min(ping_every, 1.0)):
+            if self.reload_event.is_set():
+                self.reload_event.clear()
+                self.notifier.reloading()
+                self.queue.put(Reload())
+            # Tell the truth: ping systemd only while the worker is alive and making progress.
+            if not self._thread.is_alive():
+                # Never keep running blind: exit non-zero so systemd (Restart=on-failure) restarts us.
+                log.error("worker_died", exit_code=1)
+                self.notifier.notify("STATUS=worker thread died; exiting to be restarted")
+                self._stop_collectors()
+                return 1
+            if self.clock() - self.worker.heartbeat < max(30.0, 6 * self.config.agent.interval):
+                self.notifier.watchdog()
+            else:
+                log.error("worker_stalled", since=round(self.clock() - self.worker.heartbeat, 1))
+            if self.clock() - last_status >= STATUS_EVERY_S:
+                self.notifier.status(self.status_line())
+                last_status = self.clock()
+        self.notifier.stopping()
+        log.info("stopping")
+        # The worker finishes its current event; a long scan is not waited for (it is a daemon thread).
+        self._thread.join(3)
+        self._stop_collectors()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+        log.info("stopped")
+        return 0
+
+    def on_reloaded(self, failure: str) -> None:
+        """Called by the worker thread after a reload ("" when it worked)."""
+        self.notifier.notify("READY=1", f"STATUS={failure or self.status_line()}")
+
+    def _start_collectors(self) -> None:
+        c = self.collectors
+        self.alerts.start()
+        c.file_watcher.watch_host_paths(self.config.watch.paths)
+        c.file_watcher.start()
+        # Lost exec events (overrun) are caught by the periodic poll of /proc, every interval.
+        try:
+            c.proc_connector.start()
+            self.exec_events = True
+        except ConnectorUnavailable as exc:
+            log.warning("proc_connector_unavailable", reason=str(exc),
+                        fallback=f"polling every {self.config.agent.interval} s")
+        c.docker_watcher.start()
+
+    def _stop_collectors(self) -> None:
+        c = self.collectors
+        c.docker_watcher.stop()
+        if self.exec_events:
+            c.proc_connector.stop()
+        c.file_watcher.stop()
+        self.alerts.stop(timeout=5)
+
+    def _install_signals(self) -> None:
+        def on_stop(signum, _frame):
+            self.stop_event.set()
+
+        def on_hup(signum, _frame):
+            self.reload_event.set()  # the main loop turns it into a Reload event for the worker
+
+        signal.signal(signal.SIGTERM, on_stop)
+        signal.signal(signal.SIGINT, on_stop)
+        signal.signal(signal.SIGHUP, on_hup)
+
+    # ------------------------------------------------------------------ health (read-only, any thread)
+
+    def status_line(self) -> str:
+        w = self.worker
+        docker = "docker events" if self.collectors.docker_watcher.connected else "no docker (process-only)"
+        execs = "exec events" if self.exec_events else "polling (no proc connector)"
+        return (f"watching {len(w.p.tracker)} processes, {len(w.p.containers)} containers; {docker}; {execs}; "
+                f"signatures {w.signatures.version}")
+
+    def metrics_snapshot(self) -> dict:
+        w, s = self.worker, self.worker.stats
+        return {
+            "processes": len(w.p.tracker),
+            "containers": len(w.p.containers),
+            "docker_connected": bool(self.collectors.docker_watcher.connected),
+            "proc_connector": self.exec_events,
+            "findings": dict(s.findings),
+            "events": dict(s.events),
+            "events_dropped": dict(self.queue.dropped),
+            "queue": self.queue.qsize(),
+            "scans": s.scans,
+            "scan_seconds": s.scan_seconds,
+            "last_scan_seconds": s.last_scan_seconds,
+            "detector_errors": w.p.judge.detector_errors,
+            "tracker_evicted": w.p.tracker.evicted,
+            "alerts": self.alerts.stats(),
+        }

@@ -1,0 +1,82 @@
+"""All of the daemon's wiring: every part is built here and handed to the parts that use it.
+
+No part builds its own collaborators. To add one: build it here, pass it in, and say in
+docs/ARCHITECTURE.md which thread owns it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from agent import config as config_mod, signatures as signatures_mod
+from agent.collectors.cpu_sampler import CpuSampler
+from agent.collectors.docker_api import DockerHandle
+from agent.collectors.docker_events import DockerWatcher
+from agent.collectors.file_inspector import FileInspector
+from agent.collectors.fswatch import FileWatcher
+from agent.collectors.proc_connector import ProcConnector
+from agent.collectors.snapshots import SnapshotCollector
+from agent.config import Config
+from agent.daemon import metrics
+from agent.daemon.behaviour import BehaviourModel
+from agent.daemon.containers import ContainerRegistry
+from agent.daemon.emitter import Emitter
+from agent.daemon.sd_notify import Notifier
+from agent.daemon.service import Collectors, Daemon
+from agent.daemon.tracker import ProcessTracker
+from agent.daemon.worker import Parts, Worker, WorkerStats
+from agent.events import EventQueue
+from agent.judge import Judge
+from agent.response import Responder
+from agent.signatures import Signatures
+from agent.sinks.pipeline import AlertPipeline
+
+QUEUE_SIZE = 20_000
+
+
+def loader(config_path: str | None):
+    """What a reload reads: the config file and the signature bundle it names (MinerwatchError when bad)."""
+    def load() -> tuple[Config, Signatures]:
+        cfg = config_mod.load(config_path)
+        return cfg, signatures_mod.load_bundle(cfg.agent.signatures or None)
+
+    return load
+
+
+def build(config: Config, signatures: Signatures, *, config_path: str | None = None,
+          notifier: Notifier | None = None, clock=time.monotonic) -> Daemon:
+    cfg = config
+    queue = EventQueue(maxsize=QUEUE_SIZE)
+    own_pid = os.getpid()
+    snapshots = SnapshotCollector(cfg, signatures)
+    own = snapshots.procfs.snapshot(own_pid)
+    own_container = own.container_id if own is not None else ""
+    judge = Judge.from_config(cfg, signatures)
+    docker = DockerHandle(cfg.docker.url)
+    file_watcher = FileWatcher(queue)
+    alerts = AlertPipeline(cfg)
+    stats = WorkerStats()
+    responder = Responder(cfg, docker, state_dir=cfg.agent.state_dir, clock=clock)
+    parts = Parts(
+        snapshots=snapshots,
+        files=FileInspector(snapshots.hash_cache, snapshots.yara, snapshots.max_bytes),
+        file_watcher=file_watcher,
+        containers=ContainerRegistry(docker, judge, file_watcher, own_container=own_container),
+        tracker=ProcessTracker(),
+        behaviour=BehaviourModel(window_s=max(60.0, 12 * cfg.agent.interval), clock=clock),
+        sampler=CpuSampler(proc_root=cfg.agent.proc_root, clock=clock),
+        judge=judge,
+        emitter=Emitter(cfg, responder, alerts, stats),
+    )
+    worker = Worker(cfg, signatures, parts, queue, clock=clock, own_pid=own_pid, own_container=own_container,
+                    load=loader(config_path), stats=stats)
+    collectors = Collectors(
+        file_watcher=file_watcher,
+        proc_connector=ProcConnector(queue.put),
+        docker_watcher=DockerWatcher(cfg.docker.url, queue),
+    )
+    daemon = Daemon(cfg, worker, collectors, alerts, queue=queue, notifier=notifier or Notifier(), clock=clock,
+                    serve_metrics=metrics.serve)
+    worker.on_reload = daemon.on_reloaded
+    return daemon

@@ -1,0 +1,290 @@
+"""The worker thread: routes each event to the part that owns it, and runs the periodic pass.
+
+It owns no detection state of its own: the parts it is given own theirs (``wiring`` builds
+them), and all of them are used from this thread only. An exec event becomes a snapshot,
+judged in its container's context with its behaviour attached; a container event updates
+the registry and judges the container's processes; a file event is inspected and judged.
+Every finding goes out through the emitter (response by policy, then the alert).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import structlog
+
+from agent.collectors import netns
+from agent.config import Config
+from agent.daemon.behaviour import is_msr_modprobe
+from agent.errors import MinerwatchError
+from agent.events import ContainerEvent, EventQueue, ExecEvent, FileEvent, Reload
+from agent.model import MSR_MODPROBE_CHILD, Finding, ProcessSnapshot, Severity
+from agent.signatures import Signatures
+
+if TYPE_CHECKING:  # the parts' types only: the worker is handed instances, it builds none
+    from agent.collectors.cpu_sampler import CpuSampler
+    from agent.collectors.file_inspector import FileInspector
+    from agent.collectors.fswatch import FileWatcher
+    from agent.collectors.snapshots import SnapshotCollector
+    from agent.daemon.behaviour import BehaviourModel
+    from agent.daemon.containers import ContainerRegistry
+    from agent.daemon.emitter import Emitter
+    from agent.daemon.tracker import ProcessTracker
+    from agent.judge import Judge
+
+log = structlog.get_logger("minerwatch.worker")
+
+MEMORY_SCANS_PER_PASS = 2
+
+
+@dataclass
+class WorkerStats:
+    """Counters owned by the worker thread; the metrics collector only reads them."""
+
+    events: Counter = field(default_factory=Counter)
+    findings: Counter = field(default_factory=Counter)
+    scans: int = 0
+    scan_seconds: float = 0.0
+    last_scan_seconds: float = 0.0
+    reloads: int = 0
+    reload_failures: int = 0
+    worker_errors: int = 0
+    alert_spool_errors: int = 0
+
+
+@dataclass
+class Parts:
+    """What the worker works with; each part owns its own state (see docs/ARCHITECTURE.md)."""
+
+    snapshots: SnapshotCollector  # process snapshots with YARA on their executable (and memory)
+    files: FileInspector  # file events -> file snapshots with hashes and YARA
+    file_watcher: FileWatcher  # watched paths and writable layers (the worker refreshes it)
+    containers: ContainerRegistry  # containers, image evidence, cgroups, layer watches
+    tracker: ProcessTracker  # which processes to look at again
+    behaviour: BehaviourModel  # CPU behaviour and RandomX artefacts over time
+    sampler: CpuSampler  # the periodic CPU readings that feed it
+    judge: Judge  # pure: snapshot + context -> finding
+    emitter: Emitter  # response by policy, then the alert
+
+
+class Worker:
+    def __init__(self, config: Config, signatures: Signatures, parts: Parts, queue: EventQueue, *,
+                 clock: Callable[[], float], own_pid: int, own_container: str = "",
+                 load: Callable[[], tuple[Config, Signatures]] | None = None,
+                 on_reload: Callable[[str], None] | None = None, stats: WorkerStats | None = None) -> None:
+        """``load`` reads config and signatures afresh for a ``Reload`` event (MinerwatchError when bad);
+        ``on_reload(status)`` is told how it went (the service turns it into sd_notify)."""
+        self.config, self.signatures = config, signatures
+        self.p = parts
+        self.queue = queue
+        self.clock = clock
+        self.own_pid, self.own_container = own_pid, own_container
+        self.load, self.on_reload = load, on_reload or (lambda status: None)
+        self.stats = stats or WorkerStats()
+        self.ready = threading.Event()
+        self.heartbeat = clock()
+        # TCP tables per network namespace, read at most once per periodic pass: a process seen at
+        # exec has no connection yet, and its recheck in the next pass reads fresh tables.
+        self.net_tables = netns.NetTables()
+
+    # ------------------------------------------------------------------ the thread
+
+    def run(self, stop: threading.Event) -> None:
+        """The worker thread's loop: the first scan, then events and a periodic pass every interval."""
+        try:
+            self.initial_scan(stop)
+        except Exception as exc:  # crash barrier: a bad first scan must not keep the agent from running
+            self.stats.worker_errors += 1
+            log.exception("initial_scan_failed", error=repr(exc))
+        self.ready.set()
+        next_tick = self.clock() + self.config.agent.interval
+        while not stop.is_set():
+            self.heartbeat = self.clock()
+            event = self.queue.get(timeout=max(0.0, min(0.5, next_tick - self.clock())))
+            try:
+                if event is not None:
+                    self.handle(event)
+                if self.clock() >= next_tick:
+                    self.periodic()
+                    next_tick = self.clock() + self.config.agent.interval
+            except Exception as exc:  # crash barrier: one bad event or pass never kills the worker
+                self.stats.worker_errors += 1
+                # Not event=: that is structlog's own first argument, and the TypeError killed the worker.
+                log.exception("worker_error", failed_event=repr(event)[:200], error=repr(exc))
+
+    def handle(self, event) -> None:
+        self.stats.events[type(event).__name__] += 1
+        if isinstance(event, ExecEvent):
+            self.inspect_pid(event.pid)
+        elif isinstance(event, ContainerEvent):
+            self.on_container(event)
+        elif isinstance(event, FileEvent):
+            self.on_file(event)
+        elif isinstance(event, Reload):
+            self.on_reload_event()
+
+    # ------------------------------------------------------------------ containers
+
+    def on_container(self, event: ContainerEvent) -> None:
+        if event.action == "resync":
+            self.resync()
+        elif event.action in ("start", "unpause", "exec_start"):
+            if self.p.containers.refresh(event.container_id) is not None:
+                self.judge_container_processes(event.container_id)
+        elif event.action in ("die", "destroy"):
+            self.p.containers.forget(event.container_id)
+
+    def resync(self) -> None:
+        for cid in self.p.containers.resync() or ():
+            self.judge_container_processes(cid)
+
+    def judge_container_processes(self, container_id: str) -> None:
+        """Judge every process of a container now (a start event may come before its exec events);
+        a container none of whose processes can be read yet is judged on its own."""
+        found = False
+        for pid in self.p.snapshots.container_pids(container_id):
+            snap = self.p.snapshots.snapshot(pid, self.net_tables)
+            if snap is not None and snap.container_id == container_id:
+                found = True
+                self.judge(snap)
+        if not found:
+            self.judge_container(container_id)
+
+    def judge_container(self, container_id: str) -> None:
+        """A container with image evidence: judged on it and on its cgroup's CPU behaviour."""
+        info = self.p.containers.get(container_id)
+        if info is None or not self.p.containers.image_evidence(container_id):
+            return
+        info = dataclasses.replace(info, behaviour=self.p.behaviour.cgroup_verdict(container_id))
+        if finding := self.p.judge.container(info):
+            self.p.emitter.emit(finding)
+
+    # ------------------------------------------------------------------ files
+
+    def on_file(self, event: FileEvent) -> None:
+        snap = self.p.files.inspect(event)
+        if snap is None:
+            return
+        container = self.p.containers.get(event.container_id) if event.container_id else None
+        if finding := self.p.judge.file(snap, container):
+            self.p.emitter.emit(finding)
+
+    # ------------------------------------------------------------------ processes
+
+    def inspect_pid(self, pid: int) -> None:
+        if pid == self.own_pid:
+            return
+        snap = self.p.snapshots.snapshot(pid, self.net_tables)
+        if snap is not None:
+            self.judge(snap)
+
+    def judge(self, snap: ProcessSnapshot, *, memory: bool = False) -> Finding | None:
+        """Judge one (collected, exe-scanned) process; ``memory``: YARA its memory first."""
+        if snap.pid == self.own_pid or (self.own_container and snap.container_id == self.own_container):
+            return None
+        entry = self.p.tracker.seen(snap)
+        self.p.containers.note_cgroup(snap.container_id, snap.cgroup_path)
+        if entry.checks == 1 and is_msr_modprobe(snap.cmdline):
+            self.blame_msr_modprobe(snap)
+        container = self.p.containers.get(snap.container_id) if snap.container_id else None
+        if snap.container_id and container is None and snap.container_runtime in ("docker", ""):
+            container = self.p.containers.refresh(snap.container_id)
+        if memory:
+            snap = self.p.snapshots.scan_memory(snap)
+        snap = dataclasses.replace(snap, behaviour=self.p.behaviour.verdict(snap.pid, snap.start_ticks))
+        finding = self.p.judge.process(snap, container, self.p.containers.image_evidence(snap.container_id))
+        if finding is None:
+            return None
+        self.p.tracker.record(snap.pid, finding)
+        if not memory and finding.severity >= Severity.MEDIUM and not any(e.signal == "yara" for e in finding.evidence):
+            # Suspicious but nothing in its file: a packed miner shows itself in memory once it runs.
+            self.p.behaviour.request_scan(snap.pid, snap.start_ticks, self.clock())
+        return self.p.emitter.emit(finding)
+
+    def blame_msr_modprobe(self, snap: ProcessSnapshot) -> None:
+        """xmrig runs ``sh -c "modprobe msr allow_writes=on"``: blame the miner (the shell's parent or itself)."""
+        parent = self.p.snapshots.procfs.snapshot(snap.ppid) if snap.ppid else None
+        for pid in (snap.ppid, parent.ppid if parent is not None else 0):
+            entry = self.p.tracker.get(pid) if pid else None
+            if entry is not None:
+                self.p.behaviour.note_artefact(pid, entry.start_ticks, MSR_MODPROBE_CHILD, self.clock())
+                self.p.behaviour.request_scan(pid, entry.start_ticks, self.clock())
+
+    # ------------------------------------------------------------------ periodic
+
+    def initial_scan(self, stop: threading.Event) -> None:
+        """At start: every running container and every process, like a sweep (until ``stop``)."""
+        self.resync()
+        for pid in self.p.snapshots.pids():
+            if stop.is_set():
+                return
+            if pid not in self.p.tracker:
+                self.inspect_pid(pid)
+
+    def periodic(self) -> None:
+        started = self.clock()
+        p = self.p
+        self.net_tables.clear()
+        pids = p.snapshots.pids()
+        for pid in p.tracker.forget_gone(set(pids)):
+            p.behaviour.forget(pid)
+        # Behaviour: one cheap stat read per process; details only for busy ones (see CpuSampler).
+        for sample in p.sampler.sample([pid for pid in pids if pid != self.own_pid]):
+            p.behaviour.observe(sample)
+        for sample in p.sampler.sample_cgroups(p.containers.cgroups()):
+            p.behaviour.observe_cgroup(sample)
+        p.behaviour.observe_host(p.sampler.host_artefacts())
+        candidates = set(p.behaviour.candidates(limit=MEMORY_SCANS_PER_PASS))
+        for pid in pids:
+            if pid not in p.tracker:
+                self.inspect_pid(pid)  # missed by the connector, or no connector
+            elif p.tracker.due(pid, candidates):
+                snap = p.snapshots.snapshot(pid, self.net_tables)
+                if snap is not None:
+                    self.judge(snap, memory=pid in candidates)
+        p.file_watcher.refresh()
+        if p.containers.needs_resync():
+            self.resync()
+        elapsed = self.clock() - started
+        self.stats.scans += 1
+        self.stats.scan_seconds += elapsed
+        self.stats.last_scan_seconds = elapsed
+
+    # ------------------------------------------------------------------ reload
+
+    def on_reload_event(self) -> None:
+        """Load config and signatures again; keep the last good ones (and say why) when they are bad."""
+        if self.load is None:
+            return
+        try:
+            config, signatures = self.load()
+        except MinerwatchError as exc:
+            self.stats.reload_failures += 1
+            log.error("reload_failed", error=str(exc), keeping=self.signatures.version)
+            self.on_reload(f"reload failed, running on the last good configuration: {str(exc)[:200]}")
+            return
+        self.reload(config, signatures)
+        log.info("reloaded", signatures=signatures.version, config=config.source)
+        self.on_reload("")
+
+    def reload(self, config: Config, signatures: Signatures) -> None:
+        """Swap in a reloaded config and signature bundle, in one place: the judge, the collectors'
+        rules, image evidence, watched paths and policy. What the responder did or logged is kept."""
+        old, p = self.config, self.p
+        self.config, self.signatures = config, signatures
+        p.judge = p.judge.with_signatures(config, signatures)
+        p.snapshots.use(config, signatures)
+        p.files.yara_scanner = p.snapshots.yara
+        p.containers.use(p.judge)
+        if config.watch.paths != old.watch.paths:
+            p.file_watcher.watch_host_paths(config.watch.paths)
+        p.emitter.use(config)
+        self.stats.reloads += 1
+        for key in ("docker", "alerts", "metrics"):
+            if getattr(config, key) != getattr(old, key):
+                log.warning("reload_needs_restart", section=key)
