@@ -1,0 +1,358 @@
+"""The daemon's worker through its constructor seams: real processes, real files, a fake Docker and a fake clock.
+
+Docker, the file watcher, the responder and the alert pipeline are plain fakes (Docker is
+not needed to test routing); procfs, YARA, the judge, the tracker and the behaviour model
+are the real parts the wiring builds.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+
+from agent.collectors.cpu_sampler import CpuSampler
+from agent.collectors.docker_api import ContainerGone, DockerDown
+from agent.collectors.file_inspector import FileInspector
+from agent.collectors.snapshots import SnapshotCollector
+from agent.config import from_dict
+from agent.daemon.behaviour import BehaviourModel
+from agent.daemon.containers import ContainerRegistry
+from agent.daemon.emitter import Emitter
+from agent.daemon.tracker import ProcessTracker
+from agent.daemon.worker import Parts, Worker, WorkerStats
+from agent.events import ContainerEvent, EventQueue, ExecEvent, FileEvent, Reload
+from agent.judge import Judge
+from agent.model import ContainerInfo, Finding, ProcessSnapshot, Severity
+from agent.signatures import load_bundle
+from tests.helpers import procs
+
+CID = "c" * 64
+
+
+class Clock:
+    def __init__(self, t: float = 1000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class FakeDocker:
+    """What ContainerRegistry asks of a DockerHandle, answered from a dict; ``down`` makes every call fail."""
+
+    def __init__(self, containers: dict[str, ContainerInfo] | None = None) -> None:
+        self.containers = dict(containers or {})
+        self.down = False
+        self.inspected: list[str] = []
+
+    def inspect_container(self, cid: str) -> ContainerInfo:
+        self.inspected.append(cid)
+        if self.down:
+            raise DockerDown("fake docker is down")
+        if cid not in self.containers:
+            raise ContainerGone(f"container {cid[:12]} not found")
+        return self.containers[cid]
+
+    def running(self) -> dict[str, ContainerInfo]:
+        if self.down:
+            raise DockerDown("fake docker is down")
+        return dict(self.containers)
+
+    def available(self) -> bool:
+        return not self.down
+
+
+class FakeWatcher:
+    def __init__(self) -> None:
+        self.layers: dict[str, str] = {}
+        self.paths: tuple[str, ...] = ()
+        self.refreshed = 0
+
+    def add_layer(self, cid: str, upper: str) -> bool:
+        self.layers[cid] = upper
+        return True
+
+    def remove_layer(self, cid: str) -> None:
+        self.layers.pop(cid, None)
+
+    def watch_host_paths(self, paths) -> None:
+        self.paths = tuple(paths)
+
+    def refresh(self) -> None:
+        self.refreshed += 1
+
+
+class FakeResponder:
+    def __init__(self) -> None:
+        self.seen: list[Finding] = []
+        self.config = None
+
+    def respond(self, finding: Finding) -> Finding:
+        self.seen.append(finding)
+        return finding
+
+    def reconfigure(self, config) -> None:
+        self.config = config
+
+
+class FakeAlerts:
+    def __init__(self) -> None:
+        self.submitted: list[dict] = []
+        self.reopened = 0
+
+    def submit(self, alert: dict) -> bool:
+        self.submitted.append(alert)
+        return True
+
+    def reopen(self) -> None:
+        self.reopened += 1
+
+
+class Rig:
+    """A worker over real collectors and fakes, as the wiring would build it."""
+
+    def __init__(self, tmp_path, *, docker: FakeDocker | None = None, max_tracked: int = 50_000,
+                 overrides: dict | None = None) -> None:
+        self.cfg = from_dict({"agent": {"state_dir": str(tmp_path / "state"), "interval": 5},
+                              "watch": {"paths": [str(tmp_path / "watched")]}, **(overrides or {})})
+        self.sig = load_bundle(None)
+        self.clock = Clock()
+        self.docker = docker or FakeDocker()
+        self.watcher = FakeWatcher()
+        self.responder = FakeResponder()
+        self.alerts = FakeAlerts()
+        self.queue = EventQueue(100)
+        self.stats = WorkerStats()
+        snapshots = SnapshotCollector(self.cfg, self.sig)
+        judge = Judge.from_config(self.cfg, self.sig)
+        self.parts = Parts(
+            snapshots=snapshots,
+            files=FileInspector(snapshots.hash_cache, snapshots.yara, snapshots.max_bytes),
+            file_watcher=self.watcher,
+            containers=ContainerRegistry(self.docker, judge, self.watcher),
+            tracker=ProcessTracker(max_tracked=max_tracked),
+            behaviour=BehaviourModel(clock=self.clock),
+            sampler=CpuSampler(clock=self.clock),
+            judge=judge,
+            emitter=Emitter(self.cfg, self.responder, self.alerts, self.stats),
+        )
+        self.reloads: list[str] = []
+        self.next_load = (self.cfg, self.sig)
+        self.worker = Worker(self.cfg, self.sig, self.parts, self.queue, clock=self.clock, own_pid=os.getpid(),
+                             load=self._load, on_reload=self.reloads.append, stats=self.stats)
+
+    def _load(self):
+        if isinstance(self.next_load, Exception):
+            raise self.next_load
+        return self.next_load
+
+    def findings_for(self, pid: int) -> list[Finding]:
+        return [f for f in self.responder.seen if f.process is not None and f.process.pid == pid]
+
+
+def start_miner(spawn, helper_bins, fake_pool):
+    p = spawn([helper_bins.fakeminer, "-o", fake_pool.hostport, "-t", "1", "--seconds", "60"],
+              stderr=open(os.devnull, "wb"), stdout=open(os.devnull, "wb"))
+    procs.wait_until(lambda: procs.exe(p.pid).endswith("fakeminer"), 10, 0.02, "the miner exec'd")
+    return p
+
+
+def test_an_exec_event_is_judged_and_alerted(tmp_path, spawn, helper_bins, fake_pool):
+    """An exec event for a miner becomes a critical finding with its PID, responded to and alerted."""
+    rig = Rig(tmp_path)
+    p = start_miner(spawn, helper_bins, fake_pool)
+    rig.worker.handle(ExecEvent(p.pid))
+    (found,) = rig.findings_for(p.pid)
+    assert found.severity is Severity.CRITICAL and found.process.cmdline[0].endswith("fakeminer")
+    assert rig.alerts.submitted[-1]["process"]["pid"] == p.pid
+    assert p.pid in rig.parts.tracker and rig.stats.events["ExecEvent"] == 1
+
+
+def test_an_exec_event_for_a_benign_process_gives_nothing(tmp_path, spawn):
+    """A plain sleep is tracked, judged and not alerted."""
+    rig = Rig(tmp_path)
+    p = spawn(["sleep", "30"])
+    rig.worker.handle(ExecEvent(p.pid))
+    assert rig.findings_for(p.pid) == [] and rig.alerts.submitted == []
+    assert p.pid in rig.parts.tracker
+
+
+def test_a_container_start_registers_it_and_judges_its_image(tmp_path):
+    """A start event inspects the container (fake Docker), watches its layer, and judges it on its image
+    when none of its processes can be read (the container id names no process on this host)."""
+    upper = tmp_path / "upper"
+    upper.mkdir()
+    info = ContainerInfo(id=CID, name="openjdk", image="thanhtudo/openjdk:latest", upper_dir=str(upper),
+                         command=("python3", "dao.py"))
+    rig = Rig(tmp_path, docker=FakeDocker({CID: info}))
+    rig.worker.handle(ContainerEvent("start", CID))
+    assert rig.parts.containers.get(CID) == info and rig.watcher.layers == {CID: str(upper)}
+    assert rig.parts.containers.image_evidence(CID), "a throwaway-namespace look-alike image is evidence"
+    (found,) = rig.responder.seen
+    assert found.container.id == CID and found.process is None and found.severity >= Severity.MEDIUM
+    rig.worker.handle(ContainerEvent("die", CID))
+    assert rig.parts.containers.get(CID) is None and rig.watcher.layers == {}
+
+
+def test_a_container_gone_before_inspection_is_forgotten(tmp_path):
+    """A start event for a container Docker no longer knows leaves nothing behind and alerts nothing."""
+    rig = Rig(tmp_path)
+    rig.worker.handle(ContainerEvent("start", CID))
+    assert len(rig.parts.containers) == 0 and rig.responder.seen == [] and rig.docker.inspected == [CID]
+
+
+def test_docker_down_then_back_resyncs_in_the_periodic_pass(tmp_path):
+    """While Docker is down the resync fails quietly; the first pass after it answers again registers its containers."""
+    info = ContainerInfo(id=CID, name="web", image="nginx:1.25")
+    docker = FakeDocker({CID: info})
+    docker.down = True
+    rig = Rig(tmp_path, docker=docker)
+    rig.worker.handle(ContainerEvent("resync"))
+    assert len(rig.parts.containers) == 0
+    docker.down = False
+    rig.worker.periodic()
+    assert rig.parts.containers.get(CID) == info
+
+
+def test_a_file_event_is_inspected_and_judged(tmp_path, helper_bins):
+    """A miner binary written into a watched path is hashed, YARA-scanned and alerted as a file."""
+    rig = Rig(tmp_path)
+    watched = tmp_path / "watched"
+    watched.mkdir()
+    dropped = watched / "kworkerds"
+    dropped.write_bytes(helper_bins.fakeminer.read_bytes())
+    dropped.chmod(0o755)
+    past = time.time() - 10  # settled: its hashes may be cached
+    os.utime(dropped, (past, past))
+    rig.worker.handle(FileEvent(str(dropped)))
+    (found,) = rig.responder.seen
+    assert found.file is not None and found.file.path == str(dropped) and found.severity is Severity.CRITICAL
+    assert any(e.signal == "yara" for e in found.evidence)
+
+
+def test_the_periodic_pass_samples_rechecks_and_forgets(tmp_path, spawn, helper_bins, fake_pool):
+    """The pass finds a process no exec event reported, re-judges it, feeds the behaviour model,
+    refreshes the file watcher and forgets a process that exited."""
+    rig = Rig(tmp_path)
+    miner = start_miner(spawn, helper_bins, fake_pool)
+    quiet = spawn(["sleep", "30"])
+    rig.worker.periodic()
+    assert miner.pid in rig.parts.tracker and quiet.pid in rig.parts.tracker
+    assert rig.findings_for(miner.pid) and rig.watcher.refreshed == 1
+    rig.clock.t += 5
+    rig.worker.periodic()
+    assert len(rig.findings_for(miner.pid)) == 2, "a process with evidence is re-judged every pass"
+    assert rig.parts.behaviour.verdict(miner.pid) is not None
+    quiet.kill()
+    quiet.wait()
+    rig.clock.t += 5
+    rig.worker.periodic()
+    assert quiet.pid not in rig.parts.tracker and rig.stats.scans == 3
+
+
+def test_behaviour_reaches_the_detector_on_the_snapshot(tmp_path, spawn, helper_bins, fake_pool):
+    """What the behaviour model knows of a process is attached to its snapshot before judging."""
+    rig = Rig(tmp_path)
+    miner = start_miner(spawn, helper_bins, fake_pool)
+    rig.worker.handle(ExecEvent(miner.pid))
+    (first,) = rig.findings_for(miner.pid)
+    assert first.process.behaviour is None  # no samples yet
+    rig.worker.periodic()
+    last = rig.findings_for(miner.pid)[-1]
+    assert last.process.behaviour is not None and last.process.behaviour.pid == miner.pid
+
+
+def test_a_reload_swaps_judge_and_rules_in_one_place_and_keeps_the_responder(tmp_path):
+    """A good reload replaces the judge and the collectors' rules and reconfigures (not rebuilds) the
+    responder; a bad one keeps everything and says why."""
+    from agent.errors import ConfigError
+
+    rig = Rig(tmp_path)
+    old_judge, old_yara, responder = rig.parts.judge, rig.parts.snapshots.yara, rig.parts.emitter.responder
+    new_cfg = from_dict({"agent": {"state_dir": str(tmp_path / "state")}, "watch": {"paths": [str(tmp_path)]},
+                         "detect": {"alert_severity": "high"}})
+    rig.next_load = (new_cfg, load_bundle(None))
+    rig.worker.handle(Reload())
+    assert rig.parts.judge is not old_judge and rig.parts.judge.engine is old_judge.engine
+    assert rig.parts.snapshots.yara is not old_yara and rig.parts.files.yara_scanner is rig.parts.snapshots.yara
+    assert rig.parts.emitter.responder is responder and responder.config is new_cfg
+    assert rig.parts.emitter.alert_severity is Severity.HIGH and rig.alerts.reopened == 1
+    assert rig.watcher.paths == (str(tmp_path),) and rig.reloads == [""] and rig.stats.reloads == 1
+    judge = rig.parts.judge
+    rig.next_load = ConfigError("/etc/minerwatch/config.toml", "agent.interval", "must be a number")
+    rig.worker.handle(Reload())
+    assert rig.parts.judge is judge and rig.stats.reload_failures == 1
+    assert rig.reloads[-1].startswith("reload failed") and "agent.interval" in rig.reloads[-1]
+
+
+def test_a_full_tracker_evicts_the_least_suspicious_and_still_judges(tmp_path, spawn, helper_bins, fake_pool):
+    """At the limit a new process is still judged and tracked; an evidence-free entry is evicted
+    (counted), never the one with evidence."""
+    rig = Rig(tmp_path, max_tracked=2)
+    miner = start_miner(spawn, helper_bins, fake_pool)
+    quiet = [spawn(["sleep", "30"]) for _ in range(3)]
+    rig.worker.handle(ExecEvent(miner.pid))
+    for p in quiet:
+        rig.worker.handle(ExecEvent(p.pid))
+    tracker = rig.parts.tracker
+    assert len(tracker) == 2 and tracker.evicted == 2
+    assert miner.pid in tracker and quiet[-1].pid in tracker
+    late = start_miner(spawn, helper_bins, fake_pool)
+    rig.worker.handle(ExecEvent(late.pid))
+    assert rig.findings_for(late.pid), "judging never stops at the limit"
+
+
+def test_tracker_eviction_order_on_plain_snapshots():
+    """Plain entries go oldest first; when all have evidence, the least severe goes."""
+    t = ProcessTracker(max_tracked=2)
+    a, b, c = (ProcessSnapshot(pid=n, start_ticks=n) for n in (1, 2, 3))
+    t.seen(a)
+    t.seen(b)
+    t.record(1, Finding("f", Severity.HIGH, 60, "r", ()))
+    t.seen(c)
+    assert set(t.pids()) == {1, 3} and t.evicted == 1
+    t.record(3, Finding("g", Severity.LOW, 5, "r", ()))
+    t.seen(ProcessSnapshot(pid=4, start_ticks=4))
+    assert set(t.pids()) == {1, 4}, "the low-severity entry went, the high one stayed"
+    t.seen(ProcessSnapshot(pid=1, start_ticks=99))  # a reused PID is a new process
+    assert t.get(1).checks == 1 and not t.get(1).interesting
+
+
+def test_crash_barrier_survives_a_failing_event(tmp_path):
+    """An exception while handling one event is logged and counted; the worker thread lives on and handles the next."""
+    from structlog.testing import capture_logs
+
+    class Exploding(FakeDocker):
+        def inspect_container(self, cid):
+            if cid.startswith("bad"):
+                raise RecursionError("a parser bug on hostile input")
+            return super().inspect_container(cid)
+
+    good = ContainerInfo(id="g" * 64, name="good", image="nginx:1.25")
+    rig = Rig(tmp_path, docker=Exploding({good.id: good}))
+    stop = threading.Event()
+    thread = threading.Thread(target=rig.worker.run, args=(stop,), daemon=True)
+    with capture_logs() as logs:
+        thread.start()
+        assert rig.worker.ready.wait(30)
+        rig.queue.put(ContainerEvent("start", "bad" + "0" * 61))
+        rig.queue.put(ContainerEvent("start", good.id))
+        procs.wait_until(lambda: rig.parts.containers.get(good.id), 10, 0.02, "the good event handled")
+        stop.set()
+        thread.join(5)
+    assert not thread.is_alive() and rig.stats.worker_errors == 1
+    assert any(e["event"] == "worker_error" and "bad" in e["failed_event"] for e in logs), logs
+
+
+@pytest.mark.parametrize("action", ["pause", "stop", "kill", "restart", "create"])
+def test_container_actions_nobody_sends_are_ignored(tmp_path, action):
+    """Only start/unpause/exec_start/die/destroy/resync are acted on (the watcher forwards only those)."""
+    from agent.collectors.docker_events import FORWARDED_ACTIONS
+
+    assert action not in FORWARDED_ACTIONS
+    rig = Rig(tmp_path, docker=FakeDocker({CID: ContainerInfo(id=CID)}))
+    rig.worker.handle(ContainerEvent(action, CID))
+    assert rig.docker.inspected == [] and len(rig.parts.containers) == 0
