@@ -11,9 +11,10 @@ import uuid
 
 import click
 
-from agent.model import Evidence, Finding, ResponseRecord, Severity
+from agent.detectors import selftest
+from agent.model import Finding, ResponseRecord, Severity
 
-TEST_DETAIL = "synthetic alert sent by 'minerwatch alerts test'; no miner was found"
+TEST_DETAIL = selftest.DETAIL
 
 
 def synthetic_finding() -> Finding:
@@ -22,8 +23,8 @@ def synthetic_finding() -> Finding:
         finding_id=uuid.uuid4().hex,
         severity=Severity.MEDIUM,
         score=0,
-        rule_name="minerwatch alert pipeline test",
-        evidence=(Evidence("test", TEST_DETAIL, 0),),
+        rule_name=selftest.TITLE,
+        evidence=(selftest.evidence(),),
         response=ResponseRecord("none", "skipped", "test alert: nothing to do"),
         category=("host",),
     )
