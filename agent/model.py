@@ -136,6 +136,9 @@ class ContainerInfo:
     pid: int = 0  # host PID of the init process
     upper_dir: str = ""  # writable layer on the host, when known
     paused: bool = False
+    # Labels of the container's image (``docker image inspect``); None: unknown. Docker copies
+    # image labels into the container's, so only a label the image lacks was set by the operator.
+    image_labels: tuple[tuple[str, str], ...] | None = None
     launchers: tuple[str, ...] = ()  # known miner launcher scripts in the image's layers (scan-image)
     behaviour: CgroupVerdict | None = None  # the container cgroup's CPU behaviour (daemon)
 
@@ -144,6 +147,15 @@ class ContainerInfo:
             if k == key:
                 return v
         return None
+
+    def operator_label(self, key: str) -> str | None:
+        """A label set on the container itself (``docker run --label``), not inherited from its image;
+        None also when the image's labels are unknown (nothing the image could carry is trusted)."""
+        value = self.label(key)
+        if value is None or self.image_labels is None:
+            return None
+        inherited = next((v for k, v in self.image_labels if k == key), None)
+        return None if inherited == value else value
 
 
 @dataclass(frozen=True, slots=True)

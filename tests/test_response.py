@@ -78,11 +78,17 @@ def test_short_hex_protect_entry_is_a_name_not_an_id_prefix():
     assert decide(finding(), config(protect=["ab"]), "").act
 
 
-def test_protect_label_is_honoured():
-    """The label minerwatch.protect=true protects a container and the reason says so."""
-    c = ContainerInfo(id=CID, name="db", labels=(("minerwatch.protect", "true"),))
-    d = decide(finding(container=c), config(), "")
-    assert not d.act and d.reason == "protected by label minerwatch.protect=true"
+def test_protect_label_is_honoured_only_when_the_operator_set_it():
+    """minerwatch.protect=true protects a container when its image lacks that label; a label the image
+    carries (Docker copies image labels into the container) or labels of an unknown image protect nothing."""
+    label = (("minerwatch.protect", "true"),)
+    set_by_operator = ContainerInfo(id=CID, name="db", labels=label, image_labels=(("maintainer", "x"),))
+    d = decide(finding(container=set_by_operator), config(), "")
+    assert not d.act and d.reason == "protected by label minerwatch.protect=true (set on the container)"
+    inherited = ContainerInfo(id=CID, name="openjdk", labels=label, image_labels=label)
+    assert decide(finding(container=inherited), config(), "").act
+    unknown_image = ContainerInfo(id=CID, name="openjdk", labels=label, image_labels=None)
+    assert decide(finding(container=unknown_image), config(), "").act
 
 
 def test_own_container_and_released_containers_are_never_paused():
@@ -319,8 +325,24 @@ def test_protected_containers_are_not_paused(how, tmp_path, docker_client, base_
     assert (out.response.action, out.response.result) == ("none", "skipped"), out.response
     expected = {"name": f"protected by response.protect entry {m.name!r} (name {m.name})",
                 "image": "protected by response.protect entry 'minerwatch-test/*' (image minerwatch-test/base:1)"}
-    assert out.response.reason == expected.get(how, "protected by label minerwatch.protect=true")
+    assert out.response.reason == expected.get(how, "protected by label minerwatch.protect=true (set on the container)")
     assert not paused(docker_client, m.id)
+
+
+def test_an_image_cannot_opt_its_containers_out_by_label(tmp_path, docker_client, helper_bins, docker_image, signatures):
+    """A miner image built with LABEL minerwatch.protect=true (the look-alike images of our threat model
+    can carry any label) is paused all the same: only the operator's own labels protect."""
+    from tests.helpers.containers import start_miner_container
+
+    files = {f"/usr/local/bin/{n}": (p.read_bytes(), 0o755) for n, p in helper_bins.as_dict().items()}
+    image = docker_image("mwtest-optout/openjdk:latest", files, labels={"minerwatch.protect": "true"})
+    m = start_miner_container(docker_client, image)
+    assert docker_client.api.inspect_container(m.id)["Config"]["Labels"]["minerwatch.protect"] == "true"
+    cfg = config(tmp_path)
+    f = verdict(cfg, signatures, docker_client, m.pid, m.id)
+    out = Responder(cfg, DockerHandle.of(docker_client), state_dir=cfg.agent.state_dir).respond(f)
+    assert (out.response.action, out.response.result) == ("pause", "done"), out.response
+    assert paused(docker_client, m.id)
 
 
 def test_observe_mode_does_not_pause(tmp_path, docker_client, miner_in_container, signatures):

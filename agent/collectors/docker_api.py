@@ -17,7 +17,9 @@ from collections.abc import Iterator
 
 import structlog
 
-from agent.collectors.docker_inventory import container_from_inspect
+from collections import OrderedDict
+
+from agent.collectors.docker_inventory import container_from_inspect, labels_of
 from agent.errors import DockerUnavailable, MinerwatchError
 from agent.model import ContainerInfo
 
@@ -73,6 +75,7 @@ class DockerHandle:
         self.url = url
         self.timeout = timeout
         self._client = client
+        self._image_labels: OrderedDict[str, tuple[tuple[str, str], ...]] = OrderedDict()  # by image id
 
     @classmethod
     def of(cls, client, url: str = "") -> "DockerHandle":
@@ -122,7 +125,24 @@ class DockerHandle:
             return c.api.inspect_container(container_id)
 
     def inspect_container(self, container_id: str) -> ContainerInfo:
-        return container_from_inspect(self.inspect_raw(container_id))
+        """The container, with its image's labels (so policy can tell which labels the operator set)."""
+        data = self.inspect_raw(container_id)
+        return container_from_inspect(data, self.image_labels(str(data.get("Image") or "")))
+
+    def image_labels(self, image_id: str) -> tuple[tuple[str, str], ...] | None:
+        """Labels of an image by id (cached: an id names one immutable config); None when unknown."""
+        if not image_id:
+            return None
+        if (cached := self._image_labels.get(image_id)) is not None:
+            return cached
+        try:
+            labels = labels_of(self.inspect_image(image_id).get("Config"))
+        except (ContainerGone, DockerRefused):  # removed (docker rmi -f) or refused: unknown
+            return None
+        self._image_labels[image_id] = labels
+        while len(self._image_labels) > 1024:
+            self._image_labels.popitem(last=False)
+        return labels
 
     def running(self) -> dict[str, ContainerInfo]:
         """Every running or paused container, inspected; one removed meanwhile is skipped."""

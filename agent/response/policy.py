@@ -9,7 +9,10 @@ Rules, in order (the first that applies gives the reason the alert carries):
    never.
 3. ``response.protect`` entries: container names (globs), image globs (also against the
    repository without its tag), ids and id prefixes of at least 12 hex digits; the label
-   ``minerwatch.protect=true``: never.
+   ``minerwatch.protect=true`` set on the container by the operator: never. The same label
+   carried by the container's *image* protects nothing (Docker copies image labels into the
+   container's, and an attacker's image can carry any label), nor does it when the image's
+   labels are unknown.
 4. Host processes (no container): only with ``response.stop_host_processes`` (SIGSTOP), and
    never PID 1, a kernel thread, the agent or one of its ancestors.
 5. ``response.mode = "observe"``: the action it would take, result ``dry-run``.
@@ -69,9 +72,9 @@ def image_repository(image: str) -> str:
 
 def protection(container: ContainerInfo, protect: Collection[str]) -> str:
     """Why ``container`` must not be touched ("" when nothing protects it)."""
-    label = container.label(PROTECT_LABEL)
+    label = container.operator_label(PROTECT_LABEL)
     if label is not None and label.strip().lower() in ("true", "1", "yes"):
-        return f"protected by label {PROTECT_LABEL}={label}"
+        return f"protected by label {PROTECT_LABEL}={label} (set on the container)"
     for entry in protect:
         if not entry:
             continue

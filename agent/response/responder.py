@@ -165,7 +165,11 @@ class Responder:
         except DockerDown as exc:
             log.warning("docker_unreachable_for_pause", container=cid[:12], error=str(exc))
             return None
-        info = docker_inventory.container_from_inspect(data)
+        try:
+            image_labels = self.docker.image_labels(str(data.get("Image") or ""))
+        except DockerDown:
+            image_labels = None  # unknown: no label the image could carry protects it
+        info = docker_inventory.container_from_inspect(data, image_labels)
         if info.id != cid:
             return ResponseRecord("pause", "refused", f"identity changed: {cid[:12]} is now container {info.id[:12]}"), info
         fresh = self._decide(dataclasses.replace(finding, container=info))  # labels and name as they are now
