@@ -130,11 +130,15 @@ def test_processes_not_seen_for_two_windows_are_forgotten():
 
 
 def test_tracked_processes_are_capped():
-    """Beyond max_pids the least recently seen process is evicted."""
+    """Beyond max_pids an entry is evicted (counted): a known-idle one first, else the newest single reading."""
     m = model(max_pids=3)
     for pid in (1, 2, 3, 4):
         m.observe(ProcessCpuSample(pid, 1, 1000 + pid, 0.0))
-    assert len(m) == 3 and m.verdict(1) is None and m.evicted == 1
+    assert len(m) == 3 and m.evicted == 1 and m.verdict(3) is None, "the newest single reading made room"
+    for pid in (1, 2, 4):  # second readings: all three are now known to be idle
+        m.observe(ProcessCpuSample(pid, 1, 1010 + pid, 0.0))
+    m.observe(ProcessCpuSample(5, 1, 1020, 0.0))
+    assert len(m) == 3 and m.evicted == 2 and m.verdict(1) is None, "the least recently seen idle one went"
 
 
 def test_candidates_are_rate_limited_per_process():
@@ -383,3 +387,19 @@ def test_benign_cpu_heavy_container_stays_below_medium(docker_run, base_image, b
     container = det.detect(ContainerInfo(id=cid, image=base_image, behaviour=m.cgroup_verdict(cid)), ctx)
     assert process and container
     assert severity_of(process)[0] <= Severity.LOW and severity_of(container)[0] <= Severity.LOW
+
+
+def test_a_flood_of_idle_processes_never_pushes_out_a_busy_one():
+    """With the table full of idle processes, new ones evict idle entries: a busy process keeps its
+    history and becomes sustained (before, the least recently seen went, in PID order, whatever it was)."""
+    clock = Clock()
+    m = BehaviourModel(window_s=60, min_samples=4, min_span_s=20, max_pids=100, clock=clock)
+    busy_pid, cpu = 50, 0.0
+    for n in range(8):
+        t = 1000.0 + 10 * n
+        cpu += 10.0  # one core
+        for pid in range(1, 400):  # the flood: 399 processes, 4x the table
+            total = cpu if pid == busy_pid else 1.0
+            m.observe(ProcessCpuSample(pid=pid, start_ticks=pid, t=t, cpu_seconds_total=total))
+    v = m.verdict(busy_pid)
+    assert v is not None and v.sustained and m.evicted > 0 and len(m) <= 100

@@ -4,7 +4,9 @@
 and answers verdicts. It does no I/O; the clock is injected and only paces the memory-scan
 rate limit, everything else runs on the samples' own ``t`` (the same monotonic time base).
 State is bounded: entries not seen for two windows are forgotten, and at most ``max_pids``
-processes / ``max_cgroups`` containers are tracked (the least recently seen are evicted).
+processes / ``max_cgroups`` containers are tracked. When the process table is full, an idle
+entry (no CPU since its last reading, nothing noted) is evicted first, oldest first: a flood
+of idle processes must never push out the busy or suspicious ones (every eviction is counted).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from agent.model import (
 )
 
 _MAX_READINGS = 64  # per series; more samples per window than this only shortens the span
+_EVICT_SCAN = 256  # entries looked at (oldest first) for an idle one to evict
+_IDLE_CORES = 0.01
 
 
 class _Series:
@@ -238,12 +242,41 @@ class BehaviourModel:
             st = None
         if st is None:
             if len(self._procs) >= self.max_pids:
-                self._procs.popitem(last=False)
-                self.evicted += 1
+                self._evict_one()
             st = self._procs[pid] = _Proc(start_ticks, t)
         else:
             self._procs.move_to_end(pid)
         return st
+
+    def _evict_one(self) -> None:
+        """Make room for one entry. First choice: the least recently seen entry known to be idle (two
+        readings, no CPU, nothing noted). Else the *newest* entry with a single reading: the older ones
+        then keep their place until their second reading shows whether they are busy, so a table
+        overrun by a flood still settles (idle entries rotate, busy ones stay) instead of evicting
+        everything before it is read twice. Else the least recently seen."""
+        victim = None
+        for n, (pid, st) in enumerate(self._procs.items()):
+            if n >= _EVICT_SCAN:
+                break
+            if self._evictable(st) and len(st.series.readings) >= 2 and st.series.last_rate() < _IDLE_CORES:
+                victim = pid
+                break
+        if victim is None:
+            for n, pid in enumerate(reversed(self._procs)):
+                if n >= _EVICT_SCAN:
+                    break
+                st = self._procs[pid]
+                if self._evictable(st) and len(st.series.readings) < 2:
+                    victim = pid
+                    break
+        if victim is None:
+            victim = next(iter(self._procs))
+        del self._procs[victim]
+        self.evicted += 1
+
+    @staticmethod
+    def _evictable(st: _Proc) -> bool:
+        return not (st.noted or st.msr_open or st.scan_requested or st.hugetlb_kb)
 
     def _artefacts(self, st: _Proc, sustained: bool) -> tuple[str, ...]:
         found = dict(st.noted)

@@ -50,6 +50,13 @@ class DaemonCollector:
                                 value=s["last_scan_seconds"])
         yield CounterMetricFamily("minerwatch_detector_errors", "Detector crashes caught by the barrier",
                                   value=s["detector_errors"])
+        evicted = CounterMetricFamily("minerwatch_table_evictions", "Entries evicted from a full table "
+                                      "(the least suspicious first)", labels=["table"])
+        evicted.add_metric(["processes"], s.get("tracker_evicted", 0))
+        evicted.add_metric(["behaviour"], s.get("behaviour_evicted", 0))
+        yield evicted
+        yield GaugeMetricFamily("minerwatch_behaviour_processes", "Processes with CPU history in the behaviour model",
+                                value=s.get("behaviour_tracked", 0))
         delivered = CounterMetricFamily("minerwatch_alerts_delivered", "Alerts delivered by sink", labels=["sink"])
         failed = CounterMetricFamily("minerwatch_alerts_failed", "Alert delivery attempts that failed", labels=["sink"])
         for sink, counts in sorted(s["alerts"].get("sinks", {}).items()):

@@ -144,8 +144,10 @@ class Daemon:
         w = self.worker
         docker = "docker events" if self.collectors.docker_watcher.connected else "no docker (process-only)"
         execs = "exec events" if self.exec_events else "polling (no proc connector)"
+        overflow = w.p.tracker.evicted + w.p.behaviour.evicted
+        full = f"; tables full: {w.p.tracker.evicted} + {w.p.behaviour.evicted} evicted" if overflow else ""
         return (f"watching {len(w.p.tracker)} processes, {len(w.p.containers)} containers; {docker}; {execs}; "
-                f"signatures {w.signatures.version}")
+                f"signatures {w.signatures.version}{full}")
 
     def metrics_snapshot(self) -> dict:
         w, s = self.worker, self.worker.stats
@@ -163,5 +165,7 @@ class Daemon:
             "last_scan_seconds": s.last_scan_seconds,
             "detector_errors": w.p.judge.detector_errors,
             "tracker_evicted": w.p.tracker.evicted,
+            "behaviour_evicted": w.p.behaviour.evicted,
+            "behaviour_tracked": len(w.p.behaviour),
             "alerts": self.alerts.stats(),
         }
