@@ -7,7 +7,8 @@ import time
 from pathlib import Path
 
 from agent.collectors import cgroups
-from agent.collectors.cpu_sampler import CLK_TCK, CpuSampler, parse_big_anon_mappings, parse_stat
+from agent.collectors.cpu_sampler import CLK_TCK, CpuSampler, parse_big_anon_mappings
+from agent.collectors.procread import parse_stat
 
 from tests.helpers import procs
 
@@ -62,7 +63,8 @@ MAPS = (
 
 def test_parse_stat_survives_parentheses_and_spaces_in_comm():
     """utime+stime, threads and start time are read after the last ')' of the comm."""
-    assert parse_stat(stat_line(7, 400, 3, 999, comm="a) (b c").encode()) == (400, 3, 999)
+    st = parse_stat(stat_line(7, 400, 3, 999, comm="a) (b c").encode())
+    assert (st.comm, st.cpu_ticks, st.num_threads, st.start_ticks) == ("a) (b c", 400, 3, 999)
 
 
 def test_big_anonymous_mappings_skip_files_stacks_and_reservations():

@@ -12,15 +12,14 @@ import time
 
 import pytest
 
-from agent.collectors import hashing
+from agent.collectors import confined, hashing
+from agent.collectors.confined import Refused, open_beneath
 from agent.collectors.hashing import (
     HashCache,
-    Refused,
     cache_key,
     hash_file,
     hash_path,
     hash_process_exe,
-    open_beneath,
 )
 from agent.model import Hashes
 
@@ -208,7 +207,7 @@ def test_hash_process_exe_refuses_fifo(tmp_path):
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     with pytest.raises(Refused):
-        call_with_timeout(lambda: hashing.open_regular(str(fifo), follow_symlinks=True))
+        call_with_timeout(lambda: confined.open_regular(str(fifo), follow_symlinks=True))
 
 
 def test_hash_path_refuses_symlink(tmp_path):

@@ -20,9 +20,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agent.collectors import cn_proc as cn
 from agent.collectors import proc_connector as pc
-from agent.collectors.proc_connector import (Ack, ConnectorUnavailable, ExitEvent, ForkEvent, OtherEvent,
-                                             ProcConnector, Problem, available, parse_messages)
+from agent.collectors.cn_proc import Ack, ExitEvent, ForkEvent, OtherEvent, Problem, parse_messages
+from agent.collectors.proc_connector import ConnectorUnavailable, ProcConnector, available
 from agent.events import EventQueue, ExecEvent
 
 REPO = Path(__file__).resolve().parents[1]
@@ -149,7 +150,7 @@ class ScriptedSocket:
         ack, dlen = struct.unpack_from("=IH", data, 16 + 12)
         op = struct.unpack_from("=I", data, 36)[0]
         self.sent.append((op, dlen, data))
-        if op == pc.PROC_CN_MCAST_LISTEN and dlen == 4 and self.answer:
+        if op == cn.PROC_CN_MCAST_LISTEN and dlen == 4 and self.answer:
             self.inbox.put(ack_msg(ack + 1000))  # someone else's acknowledgement comes first
             self.inbox.put(ack_msg(ack + 1, self.ack_err))
         return len(data)
@@ -193,13 +194,13 @@ def test_scripted_handshake_delivery_and_stop():
     sock, events = ScriptedSocket(), EventQueue(100)
     conn = ProcConnector(events.put, own_pid=99, poll_interval=0.05, socket_factory=lambda: sock)
     conn.start()
-    assert sock.bound == (0, pc.CN_IDX_PROC)
+    assert sock.bound == (0, cn.CN_IDX_PROC)
     assert [(op, dlen) for op, dlen, _ in sock.sent] == [(1, 4), (1, 8)]  # LISTEN, then exec-only LISTEN
-    assert struct.unpack_from("=II", sock.sent[1][2], 36) == (pc.PROC_CN_MCAST_LISTEN, pc.PROC_EVENT_EXEC)
+    assert struct.unpack_from("=II", sock.sent[1][2], 36) == (cn.PROC_CN_MCAST_LISTEN, cn.PROC_EVENT_EXEC)
     sock.inbox.put(exec_msg(99) + exec_msg(100) + nlmsg(proc_event(1, struct.pack("=iiii", 1, 1, 2, 2))))
     assert wait_for(lambda: conn.stats()["events"] == 3)
     assert events.get(timeout=1) == ExecEvent(100, 100, 123456789) and events.qsize() == 0
-    assert conn.stop() and sock.closed and sock.sent[-1][0] == pc.PROC_CN_MCAST_IGNORE
+    assert conn.stop() and sock.closed and sock.sent[-1][0] == cn.PROC_CN_MCAST_IGNORE
     assert conn.stats() == dict.fromkeys(pc.COUNTERS, 0) | {"events": 3, "exec": 2, "own": 1, "delivered": 1}
 
 
@@ -240,7 +241,7 @@ def test_scripted_refusals_raise_typed_error(script, expect_errno, words):
         conn.start()
     assert info.value.errno == expect_errno and words in str(info.value) and sock.closed
     assert not conn.is_alive() and conn.stop()
-    assert all(op != pc.PROC_CN_MCAST_IGNORE for op, _, _ in sock.sent)  # never un-count a refused LISTEN
+    assert all(op != cn.PROC_CN_MCAST_IGNORE for op, _, _ in sock.sent)  # never un-count a refused LISTEN
 
 
 def test_socket_creation_failure_is_typed():

@@ -18,15 +18,9 @@ import pytest
 from agent.collectors.cgroups import parse_cgroup
 from agent.collectors.hashing import HashCache
 from agent.collectors.minerconfig import find_miner_config
-from agent.collectors.procfs import (
-    REDACTED,
-    ProcfsCollector,
-    cap_cmdline,
-    filter_environ,
-    parse_stat,
-    split_cmdline,
-    strip_deleted,
-)
+from agent.collectors.procfs import ProcfsCollector
+from agent.collectors.procparse import REDACTED, cap_cmdline, filter_environ, split_cmdline, strip_deleted
+from agent.collectors.procread import Stat, parse_stat
 from agent.model import Hashes
 
 SLEEPER = "import sys, time\nprint('ready', flush=True)\ntime.sleep(60)\n"
@@ -88,8 +82,9 @@ def test_parse_stat_comm_with_spaces_and_parens():
     """comm holding spaces and ')' is taken up to the last ')' and the fields after it are right."""
     rest = "S 42 7 7 0 -1 4194560 1 0 0 0 3 4 0 0 20 0 5 0 123456 1000 10"
     st = parse_stat(f"4242 (evil) (x y) {rest}\n")
-    assert st == {"comm": "evil) (x y", "state": "S", "ppid": 42, "flags": 4194560, "num_threads": 5,
-                  "start_ticks": 123456}
+    assert st == Stat(comm="evil) (x y", state="S", ppid=42, flags=4194560, utime=3, stime=4, num_threads=5,
+                      start_ticks=123456)
+    assert parse_stat(f"4242 (evil) (x y) {rest}\n".encode()) == st  # bytes as read from /proc
 
 
 def test_parse_stat_rejects_garbage():
@@ -260,7 +255,7 @@ def test_zombie_is_snapshotted(procs):
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         with open(f"/proc/{p.pid}/stat") as f:
-            if parse_stat(f.read())["state"] == "Z":
+            if parse_stat(f.read()).state == "Z":
                 break
         time.sleep(0.01)
     snap = ProcfsCollector().snapshot(p.pid)

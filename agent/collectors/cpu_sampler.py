@@ -21,6 +21,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.collectors.procread import parse_stat, read_bounded, read_int, read_once
 from agent.model import CgroupCpuSample, HostArtefacts, ProcessCpuSample
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -29,6 +30,7 @@ MAX_BIG_MAPPINGS = 8
 MAX_THREADS = 256  # per-thread stats read for at most this many threads of one process
 MAX_FDS = 4096
 MAPS_LIMIT = 8 << 20
+_SMALL = 1 << 16  # status, cpu.stat: a few KiB
 _VANISHED = (errno.ENOENT, errno.ESRCH)
 _MSR_PATH = re.compile(r"^/dev/cpu/\d+/msr$")
 _HUGEPAGE_DIR = re.compile(r"^hugepages-(\d+)kB$")
@@ -40,36 +42,6 @@ class _Prev:
     t: float
     ticks: int
     thread_ticks: dict[int, int] | None  # from this reading, when it was a detailed one
-
-
-def _read(path: str | os.PathLike, dir_fd: int | None = None, limit: int = 1 << 16) -> bytes:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
-    try:
-        chunks, left = [], limit
-        while left > 0:
-            chunk = os.read(fd, min(left, 1 << 16))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            left -= len(chunk)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
-
-
-def _read_stat(path: str, dir_fd: int | None = None) -> bytes:
-    """One read is enough for a stat line (it is well under 1 KiB): the cheap path's only syscalls."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
-    try:
-        return os.read(fd, 4096)
-    finally:
-        os.close(fd)
-
-
-def parse_stat(raw: bytes) -> tuple[int, int, int]:
-    """``(utime + stime ticks, num_threads, start_ticks)`` from a ``/proc/PID/stat`` line."""
-    fields = raw[raw.rindex(b")") + 2:].split()
-    return int(fields[11]) + int(fields[12]), int(fields[17]), int(fields[19])
 
 
 def parse_hugetlb_kb(status: bytes) -> int | None:
@@ -136,7 +108,8 @@ class CpuSampler:
     def _sample_one(self, pid: int, prev: _Prev | None, force: bool) -> ProcessCpuSample | None:
         try:
             t = self._clock()
-            ticks, threads, start = parse_stat(_read_stat(f"{self.proc_root}/{pid}/stat"))
+            st = parse_stat(read_once(f"{self.proc_root}/{pid}/stat"))  # the cheap path's only syscalls
+            ticks, threads, start = st.cpu_ticks, st.num_threads, st.start_ticks
         except (OSError, ValueError, IndexError) as exc:
             self._skipped(exc)
             return None
@@ -156,7 +129,7 @@ class CpuSampler:
         """Threads and artefacts, all read through one directory fd checked to be the same process."""
         dfd = os.open(f"{self.proc_root}/{pid}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            if parse_stat(_read_stat("stat", dfd))[2] != start:
+            if parse_stat(read_once("stat", dir_fd=dfd)).start_ticks != start:
                 self.vanished += 1  # exited and its pid reused between the two reads
                 return None
             thread_ticks = self._thread_ticks(dfd)
@@ -189,7 +162,7 @@ class CpuSampler:
         try:
             for name in sorted(os.listdir(tfd), key=int)[:MAX_THREADS]:
                 try:
-                    out[int(name)] = parse_stat(_read_stat(f"{name}/stat", tfd))[0]
+                    out[int(name)] = parse_stat(read_once(f"{name}/stat", dir_fd=tfd)).cpu_ticks
                 except (OSError, ValueError, IndexError):  # this thread exited: the others still count
                     continue
         finally:
@@ -198,7 +171,7 @@ class CpuSampler:
 
     def _hugetlb(self, dfd: int) -> int | None:
         try:
-            return parse_hugetlb_kb(_read("status", dfd))
+            return parse_hugetlb_kb(read_bounded("status", dir_fd=dfd, limit=_SMALL))
         except (OSError, ValueError, IndexError) as exc:
             if isinstance(exc, OSError) and exc.errno in _VANISHED:
                 raise
@@ -207,7 +180,7 @@ class CpuSampler:
 
     def _big_mappings(self, dfd: int) -> tuple[int, ...]:
         try:
-            return parse_big_anon_mappings(_read("maps", dfd, MAPS_LIMIT))
+            return parse_big_anon_mappings(read_bounded("maps", dir_fd=dfd, limit=MAPS_LIMIT))
         except (OSError, ValueError) as exc:
             if isinstance(exc, OSError) and exc.errno in _VANISHED:
                 raise
@@ -262,8 +235,8 @@ class CpuSampler:
             base = self.sys_root / "fs/cgroup" / sub / path.lstrip("/")
             try:
                 if kind == "v1":
-                    return int(_read(base / "cpuacct.usage")) / 1e9
-                return parse_cpu_stat_usec(_read(base / "cpu.stat")) / 1e6
+                    return read_int(base / "cpuacct.usage") / 1e9
+                return parse_cpu_stat_usec(read_bounded(base / "cpu.stat", limit=_SMALL)) / 1e6
             except (OSError, ValueError):  # not this layout (or the cgroup is gone): try the next
                 continue
         return None
@@ -280,7 +253,7 @@ class CpuSampler:
                 pages, kb = pages + (n or 0), kb + k
         msr = self.sys_root / "module/msr"
         try:
-            writes = _read(msr / "parameters/allow_writes").decode("ascii", "replace").strip()
+            writes = read_once(msr / "parameters/allow_writes").decode("ascii", "replace").strip()
         except OSError:  # not loaded, or a kernel without the parameter
             writes = ""
         return HostArtefacts(pages, msr.is_dir(), writes, kb, self._clock())
@@ -297,7 +270,7 @@ class CpuSampler:
             if not m:
                 continue
             try:
-                n = int(_read(root / name / "nr_hugepages"))
+                n = read_int(root / name / "nr_hugepages")
             except (OSError, ValueError):
                 self.partial += 1
                 continue

@@ -29,7 +29,8 @@ from collections import Counter, OrderedDict
 import structlog
 
 from agent.collectors import files
-from agent.collectors.hashing import DIR_FLAGS, HashCache, Refused, open_dir_beneath
+from agent.collectors.confined import DIR_FLAGS, Refused, open_parent_beneath
+from agent.collectors.hashing import HashCache
 from agent.collectors.yarascan import YaraScanner
 from agent.events import FileEvent
 from agent.model import FileSnapshot
@@ -109,19 +110,9 @@ class FileInspector:
 
     def _open_parent(self, path: str, root: str) -> int | None:
         """A descriptor of the file's directory (O_PATH); None when it resolves outside ``root``."""
-        parent = os.path.dirname(path) or "/"
         if not root:
-            return os.open(parent, DIR_FLAGS)
-        real_root = os.path.realpath(root)
-        real_parent = os.path.realpath(parent)
-        if not (real_parent == real_root or real_parent.startswith(real_root.rstrip("/") + "/")):
-            return None
-        root_fd = os.open(real_root, DIR_FLAGS)
-        try:
-            rel = os.path.relpath(real_parent, real_root)
-            return open_dir_beneath(root_fd, "" if rel == "." else rel)
-        finally:
-            os.close(root_fd)
+            return os.open(os.path.dirname(path) or "/", DIR_FLAGS)
+        return open_parent_beneath(path, root)
 
     def _inspect_in(self, dir_fd: int, name: str, path: str, shown: str, container_id: str) -> FileSnapshot | None:
         try:

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator
 
 import structlog
 
+from agent.collectors.confined import Refused, open_regular
 from agent.collectors.hashing import HashCache, hash_path
 from agent.model import FileSnapshot
 
@@ -23,11 +24,15 @@ MAX_FILES = 50_000
 
 
 def read_head(path: str, n: int = 64) -> bytes:
-    """First bytes of a regular file, opened without following a symlink or blocking on a FIFO."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    """First bytes of a regular file (b"" for anything else), opened by ``confined.open_regular``:
+    no symlink followed (``Refused``), a FIFO or device never opened."""
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return b""
+        fd = open_regular(path)
+    except Refused as exc:
+        if exc.reason != "not_regular":
+            raise
+        return b""
+    try:
         return os.read(fd, n)
     finally:
         os.close(fd)

@@ -36,6 +36,7 @@ from watchdog.observers.api import ObservedWatch
 from watchdog.observers.inotify import InotifyObserver
 
 from agent.collectors import files
+from agent.collectors.procread import read_int
 from agent.collectors.rescans import Key, Rescans, Root
 from agent.events import EventQueue, FileEvent
 
@@ -230,7 +231,10 @@ class FileWatcher:
             out.update(self.counters)
         for key in ("queued", "dropped", "initial", "watch_errors", "rescans"):
             out.setdefault(key, 0)
-        out["max_user_watches"] = _read_int(MAX_USER_WATCHES)
+        try:
+            out["max_user_watches"] = read_int(MAX_USER_WATCHES)
+        except (OSError, ValueError):  # not Linux, or an odd /proc: unknown
+            out["max_user_watches"] = 0
         return out
 
     # ------------------------------------------------------------------ internals
@@ -303,11 +307,3 @@ class FileWatcher:
                 self._offer(FileEvent(path, entry.container_id, entry.root), entry.key)
             self._count("initial", n)
             log.debug("watch_added", path=entry.path, container_id=entry.container_id, existing=n)
-
-
-def _read_int(path: str) -> int:
-    try:
-        with open(path, encoding="ascii") as f:
-            return int(f.read().strip())
-    except (OSError, ValueError):
-        return 0

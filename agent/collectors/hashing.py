@@ -1,15 +1,8 @@
-"""SHA-256, SHA-1 and MD5 of a file from one read, a bounded cache, and safe ways to open files.
+"""SHA-256, SHA-1 and MD5 of a file from one read, and a bounded cache of them.
 
-Safety rules for everything that opens a file here:
-
-* never open a FIFO, socket or device: ``stat`` first, open with ``O_NONBLOCK`` (a FIFO
-  that slipped through cannot block), then ``fstat`` the descriptor and insist on
-  ``S_ISREG``;
-* never follow a symlink in a path we were handed (``O_NOFOLLOW``, and ``open_beneath``
-  for paths that must stay inside a root such as a container's file system);
-* never read more than ``max_bytes``.
-
-``/proc/PID/exe`` is the one link we do follow: the kernel resolves it to the very file the
+Files are opened by the rules of ``agent.collectors.confined`` (regular files only, no
+symlink followed, never out of a root); nothing more than ``max_bytes`` is read.
+``/proc/PID/exe`` is the one link followed: the kernel resolves it to the very file the
 process executes, also when that file was deleted or lives in a container.
 
 Large files are hashed by two threads on the same buffers: the reading thread updates
@@ -19,7 +12,6 @@ GIL for large updates). See ``bench/hash_throughput.py`` for the figures.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import queue
@@ -30,6 +22,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import BinaryIO
 
+from agent.collectors.confined import Refused, open_parent_beneath, open_regular
 from agent.model import Hashes
 
 CHUNK = 1 << 20  # bytes per read
@@ -37,24 +30,12 @@ PARALLEL_MIN = 4 << 20  # files at least this big are hashed by two threads
 _BUFFERS = 3  # buffers in flight in the two-thread pipeline
 
 SETTLE_NS = 1_000_000_000  # a file changed less than this long ago may change again within its timestamp tick
-_NOATIME = getattr(os, "O_NOATIME", 0)
-# Directories are only walked through, never listed: O_PATH needs no read permission on them.
-DIR_FLAGS = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_CLOEXEC
-_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0)
 
 CacheKey = tuple[int, int, int, int, int]
 
 
 class FileTooLarge(ValueError):
     """The file grew past the byte limit while it was being read."""
-
-
-class Refused(OSError):
-    """A path was refused by policy; ``reason`` is ``symlink``, ``not_regular`` or ``outside_root``."""
-
-    def __init__(self, reason: str, path) -> None:
-        super().__init__(f"{reason}: {os.fsdecode(path)}")
-        self.reason = reason
 
 
 def cache_key(st: os.stat_result) -> CacheKey:
@@ -209,108 +190,6 @@ def _fileno(f: BinaryIO) -> int | None:
         return None
 
 
-# --------------------------------------------------------------------------- opening
-
-
-def _open_fd(path, flags: int, dir_fd: int | None = None) -> int:
-    """os.open, trying O_NOATIME first (do not disturb atime evidence), which needs ownership or CAP_FOWNER."""
-    if _NOATIME:
-        try:
-            return os.open(path, flags | _NOATIME, dir_fd=dir_fd)
-        except PermissionError:
-            pass
-    return os.open(path, flags, dir_fd=dir_fd)
-
-
-def open_regular(path, *, follow_symlinks: bool = False, dir_fd: int | None = None) -> int:
-    """Open a regular file read-only and return the descriptor; ``Refused`` for anything else.
-
-    ``stat`` before ``open`` keeps devices from ever being opened; ``O_NONBLOCK`` keeps a FIFO
-    swapped in between from blocking; ``fstat`` after ``open`` is the final word.
-    """
-    st = os.stat(path, dir_fd=dir_fd, follow_symlinks=follow_symlinks)
-    if stat.S_ISLNK(st.st_mode):
-        raise Refused("symlink", path)
-    if not stat.S_ISREG(st.st_mode):
-        raise Refused("not_regular", path)
-    flags = _OPEN_FLAGS | (0 if follow_symlinks else os.O_NOFOLLOW)
-    try:
-        fd = _open_fd(path, flags, dir_fd)
-    except OSError as e:
-        if e.errno == errno.ELOOP:  # became a symlink after the stat
-            raise Refused("symlink", path) from None
-        raise
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise Refused("not_regular", path)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _components(rel: str) -> list[str]:
-    parts = [p for p in rel.split("/") if p not in ("", ".")]
-    if ".." in parts:
-        raise Refused("outside_root", rel)
-    return parts
-
-
-def _is_symlink(name: str, dir_fd: int) -> bool:
-    try:
-        return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
-    except OSError:
-        return False
-
-
-def open_dir_beneath(root_fd: int, rel: str) -> int:
-    """Open directory ``rel`` under the directory descriptor ``root_fd`` without following any symlink.
-
-    Each component is opened with ``O_NOFOLLOW | O_DIRECTORY`` relative to the previous one,
-    so neither a symlink (absolute or relative) nor ``..`` can lead out of the root.
-    Returns a new descriptor (a duplicate of ``root_fd`` for an empty path).
-    """
-    fd = os.dup(root_fd)
-    try:
-        for part in _components(rel):
-            try:
-                nxt = os.open(part, DIR_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
-            except OSError as e:
-                # O_DIRECTORY|O_NOFOLLOW on a symlink fails with ENOTDIR (or ELOOP): tell it from a file.
-                if e.errno == errno.ELOOP or (e.errno == errno.ENOTDIR and _is_symlink(part, fd)):
-                    raise Refused("symlink", rel) from None
-                raise
-            os.close(fd)
-            fd = nxt
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def open_beneath(root, rel: str) -> int:
-    """Open regular file ``rel`` (absolute or relative, interpreted inside ``root``) without leaving ``root``.
-
-    ``root`` is a directory path (followed: ``/proc/PID/root`` is meant to be) or a directory
-    descriptor. Any symlink on the way, ``..``, or a non-regular target raises ``Refused``.
-    """
-    parts = _components(rel)
-    if not parts:
-        raise Refused("not_regular", rel)
-    if isinstance(root, int):
-        root_fd = os.dup(root)
-    else:
-        root_fd = os.open(root, DIR_FLAGS)
-    try:
-        dir_fd = open_dir_beneath(root_fd, "/".join(parts[:-1]))
-    finally:
-        os.close(root_fd)
-    try:
-        return open_regular(parts[-1], dir_fd=dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 # --------------------------------------------------------------------------- hashing with policy
 
 
@@ -368,28 +247,20 @@ def hash_path(path: str | os.PathLike, cache: HashCache, max_bytes: int, *, root
     """
     path = os.fspath(path)
     if root is not None:
-        real_root = os.path.realpath(root)
-        parent = os.path.realpath(os.path.dirname(os.path.abspath(path)) or "/")
-        if not (parent == real_root or parent.startswith(real_root.rstrip("/") + "/")):
+        name = os.path.basename(path)
+        if name in ("", ".", ".."):
             cache.count_refused("outside_root")
             return None
-        if os.path.basename(path) in ("", ".", ".."):
-            cache.count_refused("outside_root")
-            return None
-        # Open the last directory without following symlinks from the root down, so a
-        # directory swapped for a symlink after the realpath check cannot lead out.
-        rel = os.path.relpath(parent, real_root)
         try:
-            root_fd = os.open(real_root, DIR_FLAGS)
-            try:
-                dir_fd = open_dir_beneath(root_fd, "" if rel == "." else rel)
-            finally:
-                os.close(root_fd)
+            dir_fd = open_parent_beneath(path, root)
         except Refused as e:
             cache.count_refused(e.reason)
             return None
+        if dir_fd is None:
+            cache.count_refused("outside_root")
+            return None
         try:
-            fd = open_regular(os.path.basename(path), dir_fd=dir_fd)
+            fd = open_regular(name, dir_fd=dir_fd)
         except Refused as e:
             cache.count_refused(e.reason)
             return None

@@ -21,7 +21,7 @@ import posixpath
 import re
 from collections.abc import Sequence
 
-from agent.collectors.hashing import DIR_FLAGS, Refused, open_dir_beneath, open_regular
+from agent.collectors.confined import DIR_FLAGS, Refused, open_dir_beneath, open_regular
 from agent.miner_args import config_args
 from agent.model import MinerConfig
 

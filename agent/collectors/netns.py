@@ -13,6 +13,7 @@ import re
 import sys
 from collections.abc import Iterable
 
+from agent.collectors.procread import read_bounded
 from agent.model import Connection
 
 TCP_STATES = {
@@ -129,22 +130,6 @@ def socket_inodes(proc_root, pid: int, *, dir_fd: int | None = None) -> frozense
         os.close(fd_dir)
 
 
-def _read_text(name: str, dir_fd: int | None) -> str:
-    fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
-    try:
-        chunks = []
-        total = 0
-        while total < _READ_MAX:
-            b = os.read(fd, 1 << 17)
-            if not b:
-                break
-            chunks.append(b)
-            total += len(b)
-        return b"".join(chunks).decode("ascii", "replace")
-    finally:
-        os.close(fd)
-
-
 class NetTables:
     """Per-namespace TCP tables, read once per namespace until ``clear()``.
 
@@ -164,7 +149,7 @@ class NetTables:
         table: dict[int, Connection] = {}
         for name, ipv6 in (("tcp", False), ("tcp6", True)):
             try:
-                text = _read_text(f"{base}/{name}", dir_fd)
+                text = read_bounded(f"{base}/{name}", dir_fd=dir_fd, limit=_READ_MAX).decode("ascii", "replace")
             except FileNotFoundError:
                 if ipv6:  # kernel without IPv6: no tcp6 table
                     continue

@@ -26,7 +26,9 @@ from dataclasses import dataclass
 import structlog
 import yara
 
-from agent.collectors.hashing import Refused, cache_key, open_regular
+from agent.collectors.confined import Refused, open_regular
+from agent.collectors.hashing import cache_key
+from agent.collectors.procread import parse_stat, read_once
 from agent.model import YaraHit
 from agent.signatures import YARA_MEMORY_EXTERNAL
 
@@ -166,13 +168,6 @@ def _read_region(fd: int, view: memoryview, address: int) -> tuple[int, int]:
     return got_total, bad
 
 
-def _start_time(proc_root: str, pid: int) -> str:
-    """Field 22 of ``/proc/PID/stat``: with the PID, it names one process for its lifetime."""
-    with open(f"{proc_root}/{pid}/stat", "rb") as f:
-        stat_line = f.read()
-    return stat_line[stat_line.rindex(b")") + 2:].split()[19].decode()
-
-
 class _Vanished(OSError):
     """The PID now names another process (or none)."""
 
@@ -265,7 +260,7 @@ class YaraScanner:
     def _read_memory(self, pid: int) -> tuple[bytearray, dict[str, int]]:
         """The chosen regions of ``pid``'s memory joined into one buffer, and what it took."""
         base = f"{self.proc_root}/{pid}"
-        born = _start_time(self.proc_root, pid)
+        born = parse_stat(read_once(f"{base}/stat")).start_ticks  # with the PID, names one process for its lifetime
         fd = os.open(f"{base}/mem", os.O_RDONLY | os.O_CLOEXEC)
         try:
             with open(f"{base}/maps", encoding="utf-8", errors="surrogateescape") as f:
@@ -274,7 +269,7 @@ class YaraScanner:
                 exe = os.readlink(f"{base}/exe")
             except OSError:  # a kernel thread or a zombie: no executable to recognise
                 exe = None
-            if _start_time(self.proc_root, pid) != born:
+            if parse_stat(read_once(f"{base}/stat")).start_ticks != born:
                 raise _Vanished(errno.ESRCH, f"pid {pid} was reused")
             # fd and maps belong to the process born at ``born``; the mem fd keeps reading
             # that process's memory (or nothing, once it exits) whatever the PID names later.

@@ -20,6 +20,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.collectors.procread import read_bounded
+
+_READ_MAX = 1 << 16  # freezer.state, cgroup.events, cgroup.freeze: a few bytes
+
 
 class FreezeError(Exception):
     """Freezing or thawing failed; the message says where and why."""
@@ -175,5 +179,4 @@ class CgroupFreezer:
 
 
 def _read(directory: str, name: str) -> str:
-    with open(os.path.join(directory, name), encoding="ascii", errors="replace") as f:
-        return f.read().strip()
+    return read_bounded(os.path.join(directory, name), limit=_READ_MAX).decode("ascii", "replace").strip()

@@ -13,7 +13,8 @@ import os
 from dataclasses import dataclass
 
 from agent.collectors import cgroups
-from agent.collectors.procfs import parse_stat, strip_deleted
+from agent.collectors.procparse import decode, strip_deleted
+from agent.collectors.procread import parse_stat, read_once
 from agent.model import ProcessSnapshot
 
 
@@ -40,31 +41,23 @@ def read_identity(proc_root: str, pid: int) -> Identity:
         raise Gone(pid) from None
     try:
         try:
-            stat = _read(dfd, "stat")
-            cgroup_text = _read(dfd, "cgroup")
+            stat = read_once("stat", dir_fd=dfd, size=65536)
+            cgroup_text = decode(read_once("cgroup", dir_fd=dfd, size=65536))
         except OSError as exc:
             if exc.errno in (errno.ENOENT, errno.ESRCH):
                 raise Gone(pid) from None
             raise
         fields = parse_stat(stat)
-        if fields["state"] in ("Z", "X"):
+        if fields.state in ("Z", "X"):
             raise Gone(pid)
         try:
             exe, _deleted = strip_deleted(os.fsdecode(os.readlink("exe", dir_fd=dfd)))
         except OSError:  # kernel thread, or no permission: the caller compares what it can
             exe = ""
         cid = cgroups.parse_cgroup(cgroup_text)[0]
-        return Identity(pid, fields["ppid"], fields["state"], fields["start_ticks"], exe, cid, cgroup_text)
+        return Identity(pid, fields.ppid, fields.state, fields.start_ticks, exe, cid, cgroup_text)
     finally:
         os.close(dfd)
-
-
-def _read(dfd: int, name: str) -> str:
-    fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dfd)
-    try:
-        return os.read(fd, 65536).decode("utf-8", "backslashreplace")
-    finally:
-        os.close(fd)
 
 
 def mismatch(snap: ProcessSnapshot, now: Identity) -> str:

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from agent.collectors.hashing import open_beneath, open_regular
-from agent.collectors.procfs import parse_stat, split_cmdline, strip_deleted
+from agent.collectors.confined import open_beneath, open_regular
+from agent.collectors.procparse import split_cmdline, strip_deleted
+from agent.collectors.procread import parse_stat, read_bounded, read_once
 from agent.model import Finding
 
 CHUNK = 1 << 20
@@ -51,7 +52,7 @@ class Quarantine:
         if finding.process is not None and finding.process.exe:
             pid = finding.process.pid
             source = f"{self.proc_root}/{pid}/exe"
-            fd = self._open(lambda: os.open(source, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK), source)
+            fd = self._open(lambda: open_regular(source, follow_symlinks=True), source)  # the one link followed
             expected = finding.process.hashes.sha256 if finding.process.hashes else ""
             extra = {"process_tree": process_tree(self.proc_root, pid),
                      "connections": [_conn(c) for c in finding.process.connections]}
@@ -151,12 +152,12 @@ def describe(proc_root: str, pid: int) -> dict | None:
     """pid, ppid, name, cmdline and exe of one process (None when it is gone)."""
     base = f"{proc_root}/{pid}"
     try:
-        st = parse_stat(Path(f"{base}/stat").read_text(errors="backslashreplace"))
+        st = parse_stat(read_once(f"{base}/stat"))
     except (OSError, ValueError):
         return None
-    out = {"pid": pid, "ppid": st["ppid"], "name": st["comm"], "cmdline": [], "exe": ""}
+    out = {"pid": pid, "ppid": st.ppid, "name": st.comm, "cmdline": [], "exe": ""}
     try:
-        out["cmdline"] = split_cmdline(Path(f"{base}/cmdline").read_bytes()[: 64 << 10])
+        out["cmdline"] = split_cmdline(read_bounded(f"{base}/cmdline", limit=64 << 10))
         out["exe"] = strip_deleted(os.fsdecode(os.readlink(f"{base}/exe")))[0]
     except OSError:  # a kernel thread, or it exited meanwhile: what we have is kept
         pass
@@ -172,7 +173,7 @@ def children(proc_root: str, pid: int) -> list[int]:
         return out
     for tid in tids:
         try:
-            out.extend(int(c) for c in Path(f"{proc_root}/{pid}/task/{tid}/children").read_text().split())
+            out.extend(int(c) for c in read_bounded(f"{proc_root}/{pid}/task/{tid}/children").split())
         except (OSError, ValueError):  # thread gone; children of the others still count
             continue
     return sorted(set(out))

@@ -45,11 +45,12 @@ def capture_process(pid: int, name: str) -> None:
 
 
 def capture_netlink(n: int = 6) -> None:
+    from agent.collectors import cn_proc as cn
     from agent.collectors import proc_connector as pc
 
-    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, pc.NETLINK_CONNECTOR)
-    sock.bind((0, pc.CN_IDX_PROC))
-    sock.send(pc._control(pc.PROC_CN_MCAST_LISTEN, 7))
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, cn.NETLINK_CONNECTOR)
+    sock.bind((0, cn.CN_IDX_PROC))
+    sock.send(cn.control_message(cn.PROC_CN_MCAST_LISTEN, 7))
     sock.settimeout(1.0)
     subprocess.run(["true"], check=True)
     got = 0
@@ -62,7 +63,7 @@ def capture_netlink(n: int = 6) -> None:
     except TimeoutError:
         pass
     finally:
-        sock.send(pc._control(pc.PROC_CN_MCAST_IGNORE, 0))
+        sock.send(cn.control_message(cn.PROC_CN_MCAST_IGNORE, 0))
         sock.close()
 
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from agent.collectors.cgroups import parse_cgroup
 from agent.collectors.netns import TCP_STATES, parse_proc_net_tcp
-from agent.collectors.procfs import decode
+from agent.collectors.procparse import decode
 from tests.fuzz.fuzzing import FUZZ, inputs, seed_ids, seed_paths
 
 HEADER = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 
-from agent.collectors.proc_connector import Ack, ExitEvent, ForkEvent, OtherEvent, Problem, parse_messages
+from agent.collectors.cn_proc import Ack, ExitEvent, ForkEvent, OtherEvent, Problem, parse_messages
 from agent.events import ExecEvent
 from tests.fuzz.fuzzing import FUZZ, inputs, seed_ids, seed_paths
 

@@ -1,11 +1,13 @@
 """Fuzz the procfs parsers (stat, status, cmdline, environ) with real and mutated /proc samples."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.collectors.procfs import (
+from agent.collectors.procparse import (
     ARG_MAX_CHARS,
     CMDLINE_MAX_CHARS,
     ENV_MAX_VARS,
@@ -14,23 +16,23 @@ from agent.collectors.procfs import (
     cap_cmdline,
     decode,
     filter_environ,
-    parse_stat,
     parse_status,
     split_cmdline,
 )
+from agent.collectors.procread import Stat, parse_stat
 from tests.fuzz.fuzzing import FUZZ, inputs, json_safe, seed_ids, seed_paths
 
-STAT_KEYS = {"comm", "state", "ppid", "flags", "num_threads", "start_ticks"}
+STAT_INTS = ("ppid", "flags", "utime", "stime", "num_threads", "start_ticks")
 
 
-def stat_ok(text: str) -> dict | None:
+def stat_ok(text: str) -> Stat | None:
     """parse_stat's contract: the documented fields, or ValueError (what procfs turns into a partial snapshot)."""
     try:
         st_ = parse_stat(text)
     except ValueError:
         return None
-    assert set(st_) == STAT_KEYS and all(isinstance(st_[k], int) for k in STAT_KEYS - {"comm", "state"})
-    assert json_safe(st_)
+    assert isinstance(st_, Stat) and all(isinstance(getattr(st_, k), int) for k in STAT_INTS)
+    assert json_safe(dataclasses.asdict(st_))
     return st_
 
 
@@ -67,7 +69,7 @@ def environ_ok(raw: bytes, extra=()) -> tuple:
 def test_stat_corpus(path):
     """Real and odd /proc/PID/stat samples parse, comm kept whole (spaces, parentheses, newlines)."""
     st_ = stat_ok(decode(path.read_bytes()))
-    assert st_ is not None and st_["start_ticks"] > 0
+    assert st_ is not None and st_.start_ticks > 0
 
 
 @pytest.mark.parametrize("path", seed_paths("proc_status"), ids=seed_ids("proc_status"))
@@ -107,8 +109,8 @@ def test_stat_round_trip_with_any_comm(comm, nums, state):
     """A stat line with any comm (even one holding ') 1 2 (' or newlines) gives back exactly its fields."""
     line = f"{nums[0]} ({comm}) {state} " + " ".join(map(str, nums[1:])) + "\n"
     st_ = parse_stat(line)
-    assert st_ == {"comm": comm, "state": state, "ppid": nums[1], "flags": nums[6], "num_threads": nums[17],
-                   "start_ticks": nums[19]}
+    assert st_ == Stat(comm=comm, state=state, ppid=nums[1], flags=nums[6], utime=nums[11], stime=nums[12],
+                       num_threads=nums[17], start_ticks=nums[19])
 
 
 @FUZZ
