@@ -208,6 +208,25 @@ def test_non_utf8_argv_and_cwd(tmp_path, procs):
     text.encode("utf-8")  # no surrogates
 
 
+def test_non_utf8_exe_reads_the_same_for_the_response(tmp_path, procs):
+    """An executable named with non-UTF-8 bytes: the identity guard reads the exe link as the snapshot
+    did (else the guard refused every response to it), and the quarantine's process tree writes as UTF-8."""
+    from agent.response import identity
+    from agent.response.quarantine import process_tree
+
+    exe = os.path.join(os.fsencode(tmp_path), b"mine\xff")
+    shutil.copy2(shutil.which("sleep"), exe)
+    p = procs([exe, "60"])
+    wait_exec(p.pid, Path(os.fsdecode(exe)))
+    snap = ProcfsCollector(hash_exe=False, find_config=False).snapshot(p.pid)
+    assert snap is not None and snap.exe.endswith("mine\\xff")
+    now, reason = identity.verify("/proc", snap)
+    assert reason == "" and now is not None and now.exe == snap.exe
+    tree = process_tree("/proc", p.pid)
+    assert tree["process"]["exe"] == snap.exe
+    json.dumps(tree, ensure_ascii=False).encode("utf-8")  # no surrogates
+
+
 def test_huge_command_line(procs):
     """A ~1 MiB command line is read without error; it is capped, marked partial, and keeps its tail."""
     pad = ["p" * 120_000] * 9

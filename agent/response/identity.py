@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from agent.collectors import cgroups
 from agent.collectors.procparse import decode, strip_deleted
-from agent.collectors.procread import parse_stat, read_once
+from agent.collectors.procread import parse_stat, read_once, readlink
 from agent.model import ProcessSnapshot
 
 
@@ -51,7 +51,7 @@ def read_identity(proc_root: str, pid: int) -> Identity:
         if fields.state in ("Z", "X"):
             raise Gone(pid)
         try:
-            exe, _deleted = strip_deleted(os.fsdecode(os.readlink("exe", dir_fd=dfd)))
+            exe, _deleted = strip_deleted(readlink("exe", dir_fd=dfd))  # decoded as the snapshot's exe is
         except OSError:  # kernel thread, or no permission: the caller compares what it can
             exe = ""
         cid = cgroups.parse_cgroup(cgroup_text)[0]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from agent.collectors.confined import open_beneath, open_regular
 from agent.collectors.procparse import split_cmdline, strip_deleted
-from agent.collectors.procread import parse_stat, read_bounded, read_once
+from agent.collectors.procread import parse_stat, read_bounded, read_once, readlink
 from agent.model import Finding
 
 CHUNK = 1 << 20
@@ -158,7 +158,7 @@ def describe(proc_root: str, pid: int) -> dict | None:
     out = {"pid": pid, "ppid": st.ppid, "name": st.comm, "cmdline": [], "exe": ""}
     try:
         out["cmdline"] = split_cmdline(read_bounded(f"{base}/cmdline", limit=64 << 10))
-        out["exe"] = strip_deleted(os.fsdecode(os.readlink(f"{base}/exe")))[0]
+        out["exe"] = strip_deleted(readlink(f"{base}/exe"))[0]  # as in the alert; no surrogates in the JSON
     except OSError:  # a kernel thread, or it exited meanwhile: what we have is kept
         pass
     return out
