@@ -18,18 +18,21 @@ from agent.signatures import Signatures
 
 
 class Judge:
-    def __init__(self, signatures: Signatures, image_allow: tuple[str, ...] = (), *, engine: Engine | None = None) -> None:
+    def __init__(self, signatures: Signatures, image_allow: tuple[str, ...] = (), *, agent_container: str = "",
+                 engine: Engine | None = None) -> None:
+        """``agent_container``: the container the agent itself runs in ("" on the host)."""
         self.signatures = signatures
         self.engine = engine or Engine()
-        self.context = Context(signatures=signatures, image_allow=image_allow)
+        self.context = Context(signatures=signatures, image_allow=image_allow, agent_container=agent_container)
 
     @classmethod
-    def from_config(cls, config: Config, signatures: Signatures, *, engine: Engine | None = None) -> "Judge":
-        return cls(signatures, config.images.allow, engine=engine)
+    def from_config(cls, config: Config, signatures: Signatures, *, agent_container: str = "",
+                    engine: Engine | None = None) -> "Judge":
+        return cls(signatures, config.images.allow, agent_container=agent_container, engine=engine)
 
     def with_signatures(self, config: Config, signatures: Signatures) -> "Judge":
         """A judge on a reloaded bundle; the engine (and its error counters) carries over."""
-        return Judge.from_config(config, signatures, engine=self.engine)
+        return Judge.from_config(config, signatures, agent_container=self.context.agent_container, engine=self.engine)
 
     @property
     def detector_errors(self) -> int:

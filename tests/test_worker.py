@@ -115,7 +115,9 @@ class Rig:
     """A worker over real collectors and fakes, as the wiring would build it."""
 
     def __init__(self, tmp_path, *, docker: FakeDocker | None = None, max_tracked: int = 50_000,
-                 overrides: dict | None = None) -> None:
+                 overrides: dict | None = None, own_pid: int = -1) -> None:
+        """``own_pid``: the "agent" whose process tree is exempt; by default none (this test process
+        starts the processes under test, so it cannot be the agent)."""
         self.cfg = from_dict({"agent": {"state_dir": str(tmp_path / "state"), "interval": 5},
                               "watch": {"paths": [str(tmp_path / "watched")]}, **(overrides or {})})
         self.sig = load_bundle(None)
@@ -141,7 +143,7 @@ class Rig:
         )
         self.reloads: list[str] = []
         self.next_load = (self.cfg, self.sig)
-        self.worker = Worker(self.cfg, self.sig, self.parts, self.queue, clock=self.clock, own_pid=os.getpid(),
+        self.worker = Worker(self.cfg, self.sig, self.parts, self.queue, clock=self.clock, own_pid=own_pid,
                              load=self._load, on_reload=self.reloads.append, stats=self.stats)
 
     def _load(self):
@@ -356,3 +358,32 @@ def test_container_actions_nobody_sends_are_ignored(tmp_path, action):
     rig = Rig(tmp_path, docker=FakeDocker({CID: ContainerInfo(id=CID)}))
     rig.worker.handle(ContainerEvent(action, CID))
     assert rig.docker.inspected == [] and len(rig.parts.containers) == 0
+
+
+def test_only_the_agents_own_process_tree_is_exempt(tmp_path, helper_bins, fake_pool):
+    """A miner the agent itself started (its child) is never judged; the same miner started by anyone else is."""
+    import subprocess
+
+    rig = Rig(tmp_path, own_pid=os.getpid())  # this test process plays the agent
+    child = subprocess.Popen([helper_bins.fakeminer, "-o", fake_pool.hostport, "-t", "1", "--seconds", "30"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        procs.wait_until(lambda: procs.exe(child.pid).endswith("fakeminer"), 10, 0.02, "the child exec'd")
+        rig.worker.handle(ExecEvent(child.pid))
+        assert rig.findings_for(child.pid) == [] and child.pid in rig.worker.own_children
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_a_foreign_process_in_the_agents_container_is_evidence():
+    """The agent_container detector: strong evidence for a process in the agent's container, nothing elsewhere."""
+    from agent.detectors import agent_container
+    from agent.detectors.base import Context
+
+    sigs = load_bundle(None)
+    proc = ProcessSnapshot(pid=7, exe="/usr/bin/xmrig", container_id=CID)
+    (e,) = agent_container.detect(proc, Context(sigs, agent_container=CID))
+    assert e.strong and "own container" in e.detail
+    assert agent_container.detect(proc, Context(sigs, agent_container="")) == []
+    assert agent_container.detect(ProcessSnapshot(pid=7, container_id="d" * 64), Context(sigs, agent_container=CID)) == []

@@ -17,12 +17,13 @@ log = structlog.get_logger("minerwatch.containers")
 
 
 class ContainerRegistry:
-    def __init__(self, docker: DockerHandle, judge: Judge, layers, *, own_container: str = "") -> None:
-        """``layers``: what watches writable layers (``add_layer(id, dir)``, ``remove_layer(id)``)."""
+    def __init__(self, docker: DockerHandle, judge: Judge, layers) -> None:
+        """``layers``: what watches writable layers (``add_layer(id, dir)``, ``remove_layer(id)``).
+        The agent's own container is a container like any other here (the worker exempts only the
+        agent's own processes)."""
         self.docker = docker
         self.judge = judge
         self.layers = layers
-        self.own_container = own_container
         self._containers: dict[str, ContainerInfo] = {}
         self._image_evidence: dict[str, tuple[Evidence, ...]] = {}
         self._cgroups: dict[str, str] = {}  # container id -> cgroup path (from its processes)
@@ -49,7 +50,7 @@ class ContainerRegistry:
         return {cid: path for cid, path in self._cgroups.items() if cid in self._containers}
 
     def refresh(self, container_id: str) -> ContainerInfo | None:
-        """Inspect a container now and remember it; None when it is gone, Docker is down, or it is the agent's own."""
+        """Inspect a container now and remember it; None when it is gone or Docker is down."""
         if not container_id:
             return None
         try:
@@ -63,9 +64,7 @@ class ContainerRegistry:
             return None
         return self._remember(info)
 
-    def _remember(self, info: ContainerInfo) -> ContainerInfo | None:
-        if info.id == self.own_container:
-            return None
+    def _remember(self, info: ContainerInfo) -> ContainerInfo:
         self._containers[info.id] = info
         self._image_evidence[info.id] = tuple(self.judge.container_evidence(info))
         if info.upper_dir:
@@ -89,7 +88,7 @@ class ContainerRegistry:
         self._stale = False
         for cid in [c for c in self._containers if c not in running]:
             self.forget(cid)
-        return [cid for cid, info in running.items() if cid not in self._containers and self._remember(info) is not None]
+        return [self._remember(info).id for cid, info in running.items() if cid not in self._containers]
 
     def needs_resync(self) -> bool:
         """Docker was unreachable and answers again (checked once per periodic pass)."""

@@ -28,7 +28,7 @@ from agent.daemon.tracker import ProcessTracker
 from agent.daemon.worker import Parts, Worker, WorkerStats
 from agent.events import EventQueue
 from agent.judge import Judge
-from agent.response import Responder
+from agent.response import Responder, identity
 from agent.signatures import Signatures
 from agent.sinks.pipeline import AlertPipeline
 
@@ -52,7 +52,7 @@ def build(config: Config, signatures: Signatures, *, config_path: str | None = N
     snapshots = SnapshotCollector(cfg, signatures)
     own = snapshots.procfs.snapshot(own_pid)
     own_container = own.container_id if own is not None else ""
-    judge = Judge.from_config(cfg, signatures)
+    judge = Judge.from_config(cfg, signatures, agent_container=own_container)
     docker = DockerHandle(cfg.docker.url)
     file_watcher = FileWatcher(queue)
     alerts = AlertPipeline(cfg)
@@ -62,15 +62,15 @@ def build(config: Config, signatures: Signatures, *, config_path: str | None = N
         snapshots=snapshots,
         files=FileInspector(snapshots.hash_cache, snapshots.yara, snapshots.max_bytes),
         file_watcher=file_watcher,
-        containers=ContainerRegistry(docker, judge, file_watcher, own_container=own_container),
+        containers=ContainerRegistry(docker, judge, file_watcher),
         tracker=ProcessTracker(),
         behaviour=BehaviourModel(window_s=max(60.0, 12 * cfg.agent.interval), clock=clock),
         sampler=CpuSampler(proc_root=cfg.agent.proc_root, clock=clock),
         judge=judge,
         emitter=Emitter(cfg, responder, alerts, stats),
     )
-    worker = Worker(cfg, signatures, parts, queue, clock=clock, own_pid=own_pid, own_container=own_container,
-                    load=loader(config_path), stats=stats)
+    worker = Worker(cfg, signatures, parts, queue, clock=clock, own_pid=own_pid,
+                    own_ancestors=identity.ancestors(cfg.agent.proc_root, own_pid), load=loader(config_path), stats=stats)
     collectors = Collectors(
         file_watcher=file_watcher,
         proc_connector=ProcConnector(queue.put),

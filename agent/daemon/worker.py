@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -74,16 +74,19 @@ class Parts:
 
 class Worker:
     def __init__(self, config: Config, signatures: Signatures, parts: Parts, queue: EventQueue, *,
-                 clock: Callable[[], float], own_pid: int, own_container: str = "",
+                 clock: Callable[[], float], own_pid: int, own_ancestors: Collection[int] = (),
                  load: Callable[[], tuple[Config, Signatures]] | None = None,
                  on_reload: Callable[[str], None] | None = None, stats: WorkerStats | None = None) -> None:
-        """``load`` reads config and signatures afresh for a ``Reload`` event (MinerwatchError when bad);
-        ``on_reload(status)`` is told how it went (the service turns it into sd_notify)."""
+        """``own_pid`` and ``own_ancestors``: the agent's own process tree, the only processes never judged
+        (its container is judged like any other); ``load`` reads config and signatures afresh for a
+        ``Reload`` event (MinerwatchError when bad); ``on_reload(status)`` is told how it went."""
         self.config, self.signatures = config, signatures
         self.p = parts
         self.queue = queue
         self.clock = clock
-        self.own_pid, self.own_container = own_pid, own_container
+        self.own_pid = own_pid
+        self.own_tree = {own_pid, *own_ancestors}
+        self.own_children: set[int] = set()  # processes the agent started (bounded by what it starts: none today)
         self.load, self.on_reload = load, on_reload or (lambda status: None)
         self.stats = stats or WorkerStats()
         self.ready = threading.Event()
@@ -176,6 +179,15 @@ class Worker:
 
     # ------------------------------------------------------------------ processes
 
+    def is_own(self, snap: ProcessSnapshot) -> bool:
+        """The agent, its ancestors, or a process it started (directly or through one it started)."""
+        if snap.pid in self.own_tree or snap.pid in self.own_children:
+            return True
+        if snap.ppid == self.own_pid or snap.ppid in self.own_children:
+            self.own_children.add(snap.pid)
+            return True
+        return False
+
     def inspect_pid(self, pid: int) -> None:
         if pid == self.own_pid:
             return
@@ -185,7 +197,7 @@ class Worker:
 
     def judge(self, snap: ProcessSnapshot, *, memory: bool = False) -> Finding | None:
         """Judge one (collected, exe-scanned) process; ``memory``: YARA its memory first."""
-        if snap.pid == self.own_pid or (self.own_container and snap.container_id == self.own_container):
+        if self.is_own(snap):
             return None
         entry = self.p.tracker.seen(snap)
         self.p.containers.note_cgroup(snap.container_id, snap.cgroup_path)
@@ -231,8 +243,10 @@ class Worker:
         p = self.p
         self.net_tables.clear()
         pids = p.snapshots.pids()
-        for pid in p.tracker.forget_gone(set(pids)):
+        alive = set(pids)
+        for pid in p.tracker.forget_gone(alive):
             p.behaviour.forget(pid)
+        self.own_children &= alive
         # Behaviour: one cheap stat read per process; details only for busy ones (see CpuSampler).
         for sample in p.sampler.sample([pid for pid in pids if pid != self.own_pid]):
             p.behaviour.observe(sample)

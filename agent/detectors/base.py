@@ -22,6 +22,7 @@ class Context:
     signatures: Signatures
     container: ContainerInfo | None = None
     image_allow: tuple[str, ...] = ()
+    agent_container: str = ""  # the container minerwatch itself runs in ("" on the host)
 
 
 class Detector(Protocol):
