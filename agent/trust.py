@@ -115,3 +115,38 @@ def check_signature_dir(directory: str | os.PathLike[str], *, euid: int | None =
     """Before ``minerwatch run`` loads its signature bundle: only as root."""
     if _root(euid):
         check_bundle_dir(directory)
+
+
+def check_state_dir(path: str | os.PathLike[str], *, euid: int | None = None) -> None:
+    """As root: the state directory (spool, records, quarantine, dedupe) must be root's alone:
+    owned by root, neither group- nor world-writable, and no directory above it changeable by others."""
+    if not _root(euid):
+        return
+    check_path(path, "the state directory")
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return  # prepare_state_dir creates it, 0700
+    if stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) & stat.S_IWGRP:
+        raise TrustError(str(path), "(the state directory) is group-writable", f"chmod 0700 {path}")
+
+
+# --------------------------------------------------------------------------- trusted loading
+# Every command and every reload load config and signatures through these, so no path the agent
+# reads as root escapes the checks above.
+
+
+def load_config(config_path: str | None, *, euid: int | None = None):
+    """Check (as root) and load the configuration file (``None``: the default path, or the defaults)."""
+    from agent import config  # config imports nothing of trust; kept local to keep this module's import light
+
+    check_config_file(config_path, euid=euid)
+    return config.load(config_path)
+
+
+def load_signatures(cfg, *, euid: int | None = None):
+    """Check (as root) and load the signature bundle the configuration names (or the bundled one)."""
+    from agent import signatures
+
+    check_signature_dir(cfg.agent.signatures or signatures.bundled_directory(), euid=euid)
+    return signatures.load_bundle(cfg.agent.signatures or None)

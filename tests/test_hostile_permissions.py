@@ -143,3 +143,55 @@ def test_trust_checks_pass_for_root_owned_paths_and_skip_when_not_root(tmp_path)
     assert info.value.exit_code == 2 and info.value.path == str(cfg)
     with pytest.raises(trust.TrustError):
         trust.check_signature_dir("/tmp", euid=0)  # a world-writable directory as the bundle itself
+
+
+@pytest.mark.parametrize("command", [["sweep"], ["scan-image", "busybox:none"], ["release", "nothing"], ["alerts", "test"]])
+def test_every_command_refuses_a_config_other_users_could_change(command, tmp_path):
+    """As root, sweep, scan-image, release and alerts test refuse a world-writable config like run does (exit 2)."""
+    if os.geteuid() != 0:
+        pytest.skip("the refusal only applies when running as root")
+    cfg = write_config(tmp_path / "etc")
+    os.chmod(cfg, 0o666)
+    res = subprocess.run([sys.executable, "-m", "agent", *command, "--config", str(cfg)], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, (res.stdout, res.stderr)
+    assert f"refusing to run as root: {cfg}" in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize("case", ["owned_by_user", "group_writable"])
+def test_run_refuses_a_state_dir_other_users_could_change(case, tmp_path):
+    """As root, a state directory owned by another user, or group-writable, is refused (exit 2 naming it):
+    it holds pause records, dedupe memory and quarantined evidence."""
+    if os.geteuid() != 0:
+        pytest.skip("the refusal only applies when running as root")
+    cfg = write_config(tmp_path / "etc")
+    state = tmp_path / "etc" / "state"
+    state.mkdir(mode=0o700)
+    if case == "owned_by_user":
+        os.chown(state, 1000, 1000)
+    else:
+        os.chmod(state, 0o770)
+    res = run_agent(cfg)
+    err = res.stderr.decode()
+    assert res.returncode == 2 and f"refusing to run as root: {state}" in err, err
+
+
+def test_reload_runs_the_trust_checks_and_keeps_the_last_good_config(tmp_path):
+    """SIGHUP after the config became world-writable: the reload is refused (logged with the path), the
+    daemon keeps running on what it had."""
+    import signal as signals
+
+    from tests.helpers import procs
+
+    if os.geteuid() != 0:
+        pytest.skip("the refusal only applies when running as root")
+    agent = AgentProcess(tmp_path / "agent", interval=2.0).start()
+    try:
+        os.chmod(agent.config_path, 0o666)
+        agent.proc.send_signal(signals.SIGHUP)
+        failed = procs.wait_until(lambda: [e for e in agent.log_events() if e.get("event") == "reload_failed"],
+                                  30, 0.1, "the reload was refused")
+        assert "refusing to run as root" in failed[0]["error"] and str(agent.config_path) in failed[0]["error"]
+        assert agent.proc.poll() is None
+    finally:
+        assert agent.stop() == 0, agent.log()[-2000:]

@@ -42,12 +42,12 @@ def alerts() -> None:
               help="Seconds allowed for each network sink.")
 def test(config_path: str | None, timeout: float) -> int:
     """Send a synthetic, clearly marked alert to every configured sink; exit 0 delivered, 1 a sink failed."""
-    from agent import alert, config, logging_setup
+    from agent import alert, logging_setup, trust
     from agent.sinks.base import Record, SinkError, encode
     from agent.sinks.configured import build_sinks
 
     logging_setup.configure("warning")
-    cfg = config.load(config_path)
+    cfg = trust.load_config(config_path)  # as root: nothing another user can change (exit 2 naming the path)
     sinks = build_sinks(cfg, timeout=timeout)
     if not sinks:
         click.echo(f"minerwatch: no alert sink configured ([alerts] in {cfg.source})", err=True)

@@ -16,13 +16,13 @@ import click
               help="Configuration file (default /etc/minerwatch/config.toml when it exists).")
 def release(container: str, config_path: str | None) -> int:
     """Unpause / thaw CONTAINER (name, id or id prefix; pid:N for a stopped host process)."""
-    from agent import config, logging_setup
+    from agent import logging_setup, trust
     from agent.response.records import ResponseRecords
     from agent.response.release import release as do_release
     from agent.collectors.docker_api import DockerHandle
 
     logging_setup.configure("info")
-    cfg = config.load(config_path)
+    cfg = trust.load_config(config_path)  # as root: nothing another user can change (exit 2 naming the path)
     done = do_release(container, ResponseRecords(cfg.agent.state_dir), DockerHandle(cfg.docker.url),
                       proc_root=cfg.agent.proc_root)
     click.echo(done.message())

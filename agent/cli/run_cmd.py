@@ -16,15 +16,13 @@ import click
               show_default=True, help="Operational log level (logs go to stderr: journald under systemd).")
 def run(config_path: str | None, log_level: str) -> int:
     """Run the detection daemon in the foreground until SIGTERM or SIGINT."""
-    from agent import config, logging_setup, signatures, trust
+    from agent import config, logging_setup, trust
     from agent.daemon import wiring
     from agent.state_dir import prepare_state_dir
 
     logging_setup.configure(log_level)
-    trust.check_config_file(config_path)  # as root: nothing another user can change (exit 2 naming the path)
-    cfg = config.load(config_path)
+    cfg = trust.load_config(config_path)  # as root: nothing another user can change (exit 2 naming the path)
     config.check_host_paths(cfg)
-    trust.check_signature_dir(cfg.agent.signatures or signatures.bundled_directory())
-    sig = signatures.load_bundle(cfg.agent.signatures or None)
+    sig = trust.load_signatures(cfg)
     prepare_state_dir(cfg.agent.state_dir, cfg.source)
     return wiring.build(cfg, sig, config_path=config_path).run()

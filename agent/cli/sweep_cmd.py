@@ -24,14 +24,14 @@ LEVELS = ["low", "medium", "high", "critical"]
 @click.option("--respond", is_flag=True, help="Apply the [response] policy: pause containers whose findings reach pause_severity.")
 def sweep(as_json: bool, config_path: str | None, min_severity: str | None, respond: bool) -> int:
     """Sweep every process (host and containers), running containers and watched paths."""
-    from agent import alert, config, logging_setup, signatures
+    from agent import alert, config, logging_setup, trust
     from agent.report import Reporter
     from agent.sweep import Sweeper
 
     logging_setup.configure("warning")
-    cfg = config.load(config_path)
+    cfg = trust.load_config(config_path)  # as root: nothing another user can change (exit 2 naming the path)
     config.check_host_paths(cfg)
-    sig = signatures.load_bundle(cfg.agent.signatures or None)
+    sig = trust.load_signatures(cfg)
     level = Severity.parse(min_severity) if min_severity else cfg.alert_severity
     reporter = Reporter(sys.stderr, enabled=not as_json or sys.stderr.isatty())
     with reporter.progress() as progress:

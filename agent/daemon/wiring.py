@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 
-from agent import config as config_mod, signatures as signatures_mod
+from agent import config as config_mod, trust
 from agent.collectors.cpu_sampler import CpuSampler
 from agent.collectors.docker_api import DockerHandle
 from agent.collectors.docker_events import DockerWatcher
@@ -36,10 +36,12 @@ QUEUE_SIZE = 20_000
 
 
 def loader(config_path: str | None):
-    """What a reload reads: the config file and the signature bundle it names (MinerwatchError when bad)."""
+    """What a reload reads: the config file and the signature bundle it names, with the same trust
+    checks as at start (MinerwatchError, TrustError included, when bad: the last good ones stay)."""
     def load() -> tuple[Config, Signatures]:
-        cfg = config_mod.load(config_path)
-        return cfg, signatures_mod.load_bundle(cfg.agent.signatures or None)
+        cfg = trust.load_config(config_path)
+        config_mod.check_host_paths(cfg)
+        return cfg, trust.load_signatures(cfg)
 
     return load
 
