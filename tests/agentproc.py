@@ -20,10 +20,14 @@ class AgentProcess:
 
     def __init__(self, workdir: Path, *, interval: float = 2.0, extra: str = "", agent: str = "",
                  docker_url: str = "unix:///var/run/docker.sock", watch: list[str] | None = None,
-                 metrics: str = "", response_mode: str = "observe") -> None:
+                 metrics: str = "", response_mode: str = "observe", source: Path | None = None) -> None:
         """``response_mode`` is "observe" unless a test asks for "enforce": a daemon under test must
-        not pause containers that other tests on the same engine started."""
+        not pause containers that other tests on the same engine started.
+
+        ``source``: the source tree whose ``agent`` runs (its cwd, first on ``PYTHONPATH``), for
+        example another revision's worktree from bench/baseline.py; default this checkout."""
         self.workdir = workdir
+        self.source = source
         workdir.mkdir(parents=True, exist_ok=True)
         self.alerts_path = workdir / "alerts.jsonl"
         self.log_path = workdir / "agent.log"
@@ -49,9 +53,11 @@ class AgentProcess:
 
     def start(self, ready_timeout: float = 60.0) -> "AgentProcess":
         env = {**os.environ, "NOTIFY_SOCKET": str(self.notify_path), "PYTHONUNBUFFERED": "1"}
+        if self.source is not None:
+            env["PYTHONPATH"] = os.pathsep.join([str(self.source), *filter(None, [env.get("PYTHONPATH")])])
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(self.config_path)],
-                                     cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+                                     cwd=self.source or REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         self.wait_notify("READY=1", ready_timeout)
         return self
