@@ -104,6 +104,9 @@ class ProcessSnapshot:
     container_id: str = ""  # 64-hex id from the cgroup path, "" on the host
     container_runtime: str = ""  # docker, containerd, cri-o, podman
     cgroup_path: str = ""
+    # A container id the cgroup path names although no runtime made that cgroup (a hand-made
+    # ``docker-<id>.scope`` in a user slice): never the container, kept for the detectors.
+    cgroup_claim: str = ""
     net_ns: int = 0  # inode of /proc/PID/ns/net
     connections: tuple[Connection, ...] = ()
     miner_config: MinerConfig | None = None

@@ -193,10 +193,20 @@ def _snapshot(pid: int, **overrides) -> ProcessSnapshot:
     return dataclasses.replace(snap, **overrides)
 
 
+def _in_a_slice(box: FreezerSandbox) -> FreezerSandbox:
+    """The sandbox's top made a ``*.slice``: systemd puts scopes only in slices, so a scope anywhere
+    else is no runtime's container (collectors/cgroups.py)."""
+    leaf = box.directory.name
+    box.top = box.top.with_name(f"{box.top.name}.slice")
+    box.directory = box.top / leaf
+    box.path = "/" + str(box.directory.relative_to(box.mount))
+    return box
+
+
 def test_containerd_container_is_frozen_through_its_cgroup_and_released(tmp_path, spawn, helper_bins, docker_client):
     """A process in a containerd-style cgroup is frozen by the responder (no Docker involved) and release thaws it."""
     burner = spawn([helper_bins.burner, "-t", "1", "--seconds", "60"])
-    with FreezerSandbox.v1(f"cri-containerd-{FAKE_CID}.scope") as box:
+    with _in_a_slice(FreezerSandbox.v1(f"cri-containerd-{FAKE_CID}.scope")) as box:
         box.add(burner.pid)
         snap = _snapshot(burner.pid)
         assert (snap.container_id, snap.container_runtime) == (FAKE_CID, "containerd")

@@ -209,9 +209,10 @@ class ProcfsCollector:
             num_threads=st.num_threads,
             is_kernel_thread=kthread,
         )
-        cg = f.get("cgroup", lambda: cgroups.parse_cgroup(decode(read_bounded("cgroup", dir_fd=dfd, limit=65536))),
-                   ("", "", ""))
-        base.update(container_id=cg[0], container_runtime=cg[1], cgroup_path=cg[2])
+        cg_text = f.get("cgroup", lambda: decode(read_bounded("cgroup", dir_fd=dfd, limit=65536)), "")
+        cg = cgroups.parse_cgroup(cg_text)
+        base.update(container_id=cg[0], container_runtime=cg[1], cgroup_path=cg[2],
+                    cgroup_claim=cgroups.cgroup_claim(cg_text))
         if kthread or zombie:
             return ProcessSnapshot(**base, partial=tuple(f.partial))
 

@@ -88,6 +88,39 @@ def verify(proc_root: str, snap: ProcessSnapshot) -> tuple[Identity | None, str]
     return (None, reason) if reason else (now, "")
 
 
+def _pid_ns(proc_root: str, pid: int) -> str:
+    """``pid:[inode]`` of the process's pid namespace ("" when unreadable)."""
+    try:
+        return os.readlink(f"{proc_root}/{pid}/ns/pid")
+    except OSError:
+        return ""
+
+
+def outside_container(proc_root: str, pid: int, cgroup_text: str, init_pid: int, container_id: str) -> str:
+    """Why ``pid`` (whose cgroup text is ``cgroup_text``) is not a process of the container whose
+    init is ``init_pid`` (``State.Pid`` as the runtime reports it); "" when it is.
+
+    It is when it shares the init's pid namespace (not the host's: a ``--pid host`` container
+    shares that with everyone) or the init's container cgroup. A name in a cgroup path proves
+    nothing by itself: whoever owns a cgroup subtree can create any name there.
+    """
+    if init_pid <= 0:
+        return f"container {container_id[:12]} reports no init process to compare PID {pid} with"
+    mine, theirs, host = _pid_ns(proc_root, pid), _pid_ns(proc_root, init_pid), _pid_ns(proc_root, 1)
+    if mine and mine == theirs and mine != host:
+        return ""
+    try:
+        init_text = decode(read_once(f"{proc_root}/{init_pid}/cgroup", size=65536))
+    except OSError as exc:
+        return f"cannot read the cgroup of container {container_id[:12]}'s init PID {init_pid}: {exc.strerror or exc}"
+    scope, init_scope = (cgroups.container_scope(cgroups.parse_cgroup(t)[2]) for t in (cgroup_text, init_text))
+    if scope and scope == init_scope:
+        return ""
+    return (f"PID {pid} shares neither the pid namespace nor the cgroup of container {container_id[:12]}'s init "
+            f"PID {init_pid} ({scope or 'no container cgroup'} vs {init_scope or 'no container cgroup'}): "
+            "its cgroup only names that container")
+
+
 def ancestors(proc_root: str, pid: int, limit: int = 64) -> list[int]:
     """``pid``'s parent, grandparent... up to PID 1 (bounded; stops where /proc cannot be read)."""
     out: list[int] = []

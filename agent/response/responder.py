@@ -11,7 +11,8 @@ process's executable is still readable, and it cannot change anything meanwhile.
 
 Results: ``done`` (also "already paused"), ``failed`` (a follow-up alert goes out: the
 response changed), ``refused`` (identity changed: a reused PID or a replaced container is
-never hit), ``skipped`` and ``dry-run`` (policy). One owner: the daemon's worker, or a sweep.
+never hit; nor a container whose ``State.Pid`` the process shares neither pid namespace nor
+cgroup with, whatever its cgroup path names), ``skipped`` and ``dry-run`` (policy). One owner: the daemon's worker, or a sweep.
 """
 
 from __future__ import annotations
@@ -143,7 +144,7 @@ class Responder:
                    else finding.container.runtime if finding.container is not None else "")
         docker_note = ""
         if runtime in DOCKER_RUNTIMES:
-            outcome = self._docker_pause(finding, decision)
+            outcome = self._docker_pause(finding, decision, ident)
             if outcome is not None:
                 return outcome
             docker_note = " (docker unreachable)"
@@ -153,7 +154,8 @@ class Responder:
                                       "name and labels are unknown, so response.protect cannot be checked"), None
         return self._freeze(finding, decision, ident, docker_note), None
 
-    def _docker_pause(self, finding: Finding, decision: Decision) -> tuple[ResponseRecord, ContainerInfo] | None:
+    def _docker_pause(self, finding: Finding, decision: Decision,
+                      ident: identity.Identity | None) -> tuple[ResponseRecord, ContainerInfo] | None:
         """Pause through Docker; None when Docker cannot be reached (the caller freezes instead)."""
         cid = decision.container_id
         try:
@@ -179,6 +181,9 @@ class Responder:
             return ResponseRecord("pause", "done", f"{decision.reason}: already paused"), info
         if not (data.get("State") or {}).get("Running"):
             return ResponseRecord("pause", "skipped", f"{decision.reason}: container is not running"), info
+        if ident is not None and (why := identity.outside_container(
+                self.proc_root, ident.pid, ident.cgroup_text, int((data.get("State") or {}).get("Pid") or 0), cid)):
+            return ResponseRecord("pause", "refused", f"not paused: {why}"), info
         try:
             self.docker.pause(cid)
         except DockerRefused as exc:
@@ -202,8 +207,12 @@ class Responder:
 
     def _freeze(self, finding: Finding, decision: Decision, ident: identity.Identity | None, note: str) -> ResponseRecord:
         cid = decision.container_id
+        init_pid = finding.container.pid if finding.container is not None else 0
+        if ident is not None and init_pid and (why := identity.outside_container(
+                self.proc_root, ident.pid, ident.cgroup_text, init_pid, cid)):
+            return ResponseRecord("freeze", "refused", f"not frozen: {why}")
         if ident is None:  # a container finding without a process: its init process locates the cgroup
-            pid = finding.container.pid if finding.container is not None else 0
+            pid = init_pid
             try:
                 ident = identity.read_identity(self.proc_root, pid) if pid else None
             except (identity.Gone, OSError, ValueError):
