@@ -2,9 +2,9 @@
 
 The rules for everything that opens a file to read it:
 
-* never open a FIFO, socket or device: ``stat`` first, open with ``O_NONBLOCK`` (a FIFO
-  that slipped through cannot block), then ``fstat`` the descriptor and insist on
-  ``S_ISREG``;
+* never open a FIFO, socket or device: resolve the path once with ``O_PATH|O_NOFOLLOW``
+  (which opens nothing), ``fstat`` that descriptor, and only for a regular file reopen it
+  through ``/proc/self/fd/N`` with ``O_RDONLY|O_NONBLOCK|O_NOCTTY`` (``open_regular``);
 * never follow a symlink in a path we were handed (``O_NOFOLLOW``), and for a path that must
   stay inside a root, walk it one component at a time (``open_beneath``,
   ``open_dir_beneath``, ``open_parent_beneath``) so neither a symlink nor ``..`` leads out;
@@ -24,7 +24,8 @@ import stat
 _NOATIME = getattr(os, "O_NOATIME", 0)
 # Directories are only walked through, never listed: O_PATH needs no read permission on them.
 DIR_FLAGS = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_CLOEXEC
-_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0)
+_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+_PATH_FLAGS = os.O_PATH | os.O_CLOEXEC
 
 
 class Refused(OSError):
@@ -48,23 +49,30 @@ def _open_fd(path, flags: int, dir_fd: int | None = None) -> int:
 def open_regular(path, *, follow_symlinks: bool = False, dir_fd: int | None = None) -> int:
     """Open a regular file read-only and return the descriptor; ``Refused`` for anything else.
 
-    ``stat`` before ``open`` keeps devices from ever being opened; ``O_NONBLOCK`` keeps a FIFO
-    swapped in between from blocking; ``fstat`` after ``open`` is the final word.
+    The path is resolved once, into an ``O_PATH`` descriptor (``O_NOFOLLOW`` unless
+    ``follow_symlinks``): opening with ``O_PATH`` never runs a device's or FIFO's open. That
+    descriptor is ``fstat``-ed, and only a regular file is opened for reading, through
+    ``/proc/self/fd/N`` (the very inode checked: no path is resolved again), with
+    ``O_NONBLOCK|O_NOCTTY``. Whatever is swapped in between, no device is ever opened.
     """
-    st = os.stat(path, dir_fd=dir_fd, follow_symlinks=follow_symlinks)
-    if stat.S_ISLNK(st.st_mode):
-        raise Refused("symlink", path)
-    if not stat.S_ISREG(st.st_mode):
-        raise Refused("not_regular", path)
-    flags = _OPEN_FLAGS | (0 if follow_symlinks else os.O_NOFOLLOW)
+    flags = _PATH_FLAGS | (0 if follow_symlinks else os.O_NOFOLLOW)
     try:
-        fd = _open_fd(path, flags, dir_fd)
+        pfd = os.open(path, flags, dir_fd=dir_fd)
     except OSError as e:
-        if e.errno == errno.ELOOP:  # became a symlink after the stat
+        if e.errno == errno.ELOOP:
             raise Refused("symlink", path) from None
         raise
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        mode = os.fstat(pfd).st_mode
+        if stat.S_ISLNK(mode):  # O_PATH|O_NOFOLLOW on a symlink opens the link itself
+            raise Refused("symlink", path)
+        if not stat.S_ISREG(mode):
+            raise Refused("not_regular", path)
+        fd = _open_fd(f"/proc/self/fd/{pfd}", _OPEN_FLAGS)
+    finally:
+        os.close(pfd)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # cannot happen (same inode): the final word anyway
             raise Refused("not_regular", path)
     except BaseException:
         os.close(fd)

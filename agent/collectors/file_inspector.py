@@ -139,7 +139,8 @@ class FileInspector:
 
         pinned = f"/proc/self/fd/{dir_fd}/{name}"  # every open below goes through the verified directory
         try:
-            snap = files.snapshot_file(pinned, self.hash_cache, self.max_bytes, container_id=container_id, st=st)
+            snap = files.snapshot_file(pinned, self.hash_cache, self.max_bytes, container_id=container_id, st=st,
+                                       dir_fd=dir_fd, name=name)
         except FileNotFoundError:
             self.counters["vanished"] += 1
             return None

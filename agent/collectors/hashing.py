@@ -193,7 +193,8 @@ def _fileno(f: BinaryIO) -> int | None:
 # --------------------------------------------------------------------------- hashing with policy
 
 
-def _hash_fd_cached(fd: int, cache: HashCache, max_bytes: int) -> Hashes | None:
+def hash_fd(fd: int, cache: HashCache, max_bytes: int) -> Hashes | None:
+    """Hashes of the regular file open at ``fd`` (from its current position), cached by its identity."""
     before = os.fstat(fd)
     if before.st_size > max_bytes:
         cache.count_refused("too_large")
@@ -232,7 +233,7 @@ def hash_process_exe(proc_root, pid: int, cache: HashCache, max_bytes: int, *,
         cache.count_refused(e.reason)
         return None
     try:
-        return _hash_fd_cached(fd, cache, max_bytes)
+        return hash_fd(fd, cache, max_bytes)
     finally:
         os.close(fd)
 
@@ -273,6 +274,6 @@ def hash_path(path: str | os.PathLike, cache: HashCache, max_bytes: int, *, root
             cache.count_refused(e.reason)
             return None
     try:
-        return _hash_fd_cached(fd, cache, max_bytes)
+        return hash_fd(fd, cache, max_bytes)
     finally:
         os.close(fd)

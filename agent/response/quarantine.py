@@ -138,9 +138,12 @@ class Quarantine:
 
 def _sha256_of(path: Path) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
+    fd = open_regular(path)  # our own copy, opened by the same rules: never a device swapped in
+    try:
+        while chunk := os.read(fd, CHUNK):
             h.update(chunk)
+    finally:
+        os.close(fd)
     return h.hexdigest()
 
 
