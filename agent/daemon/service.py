@@ -6,6 +6,9 @@ Threads and who owns what:
 - the alert pipeline's delivery threads own the sinks;
 - this (main) thread handles signals, systemd notifications and the watchdog, and asks the
   worker to reload or stop through the queue and the stop event, never by touching its state.
+
+Signals are blocked in every thread and taken by this one with ``sigtimedwait``, which says who
+sent them (``si_pid``, ``si_uid``): a stop is alerted with its sender (``daemon/lifecycle.py``).
 """
 
 from __future__ import annotations
@@ -17,15 +20,18 @@ from dataclasses import dataclass
 
 import structlog
 
+from agent import alert
 from agent.collectors.proc_connector import ConnectorUnavailable
 from agent.config import Config
 from agent.daemon.sd_notify import Notifier
 from agent.daemon.worker import Worker
 from agent.events import EventQueue, Reload
+from agent.sinks.pipeline import SpoolError
 
 log = structlog.get_logger("minerwatch.daemon")
 
 STATUS_EVERY_S = 10.0  # how often the STATUS= line shown by `systemctl status` is refreshed
+SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 
 
 @dataclass
@@ -39,8 +45,9 @@ class Collectors:
 
 class Daemon:
     def __init__(self, config: Config, worker: Worker, collectors: Collectors, alerts, *, queue: EventQueue,
-                 notifier: Notifier, clock=time.monotonic, serve_metrics=None) -> None:
-        """``serve_metrics(listen, stats_fn)`` starts the metrics endpoint (``daemon.metrics.serve``)."""
+                 notifier: Notifier, lifecycle, clock=time.monotonic, serve_metrics=None) -> None:
+        """``lifecycle``: makes the start and stop alerts (``daemon.lifecycle.Lifecycle``);
+        ``serve_metrics(listen, stats_fn)`` starts the metrics endpoint (``daemon.metrics.serve``)."""
         self.config = config
         self.worker = worker
         self.collectors = collectors
@@ -49,8 +56,8 @@ class Daemon:
         self.notifier = notifier
         self.clock = clock
         self.serve_metrics = serve_metrics
+        self.lifecycle = lifecycle
         self.stop_event = threading.Event()
-        self.reload_event = threading.Event()
         self.exec_events = False  # the kernel connector is running (else: polling every interval)
         self._thread = threading.Thread(target=worker.run, args=(self.stop_event,), name="worker", daemon=True)
         self._metrics_server = None
@@ -59,24 +66,28 @@ class Daemon:
 
     def run(self) -> int:
         """Run until SIGTERM/SIGINT; returns the exit code."""
-        self._install_signals()
+        # Before any thread starts: every thread inherits the mask, so only this one takes them.
+        signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
         self._start_collectors()
+        try:
+            self._alert(self.lifecycle.started())
+        except Exception as exc:  # crash barrier: a bad lifecycle record must not keep the agent from running
+            log.exception("start_alert_failed", error=repr(exc))
         if self.config.metrics.listen and self.serve_metrics is not None:
             self._metrics_server = self.serve_metrics(self.config.metrics.listen, self.metrics_snapshot)
         self._thread.start()
         # The first scan may take a while on a big host: SIGTERM still ends it promptly.
-        while not self.worker.ready.wait(0.5) and not self.stop_event.is_set():
-            pass
+        while not self.worker.ready.is_set() and not self.stop_event.is_set():
+            self._take_signal(0.5)
         if not self.stop_event.is_set():
             self.notifier.ready(self.status_line())
             log.info("started", status=self.status_line())
         ping_every = self.notifier.watchdog_interval() or 5.0
         last_status = self.clock()
-        while not self.stop_event.wait(min(ping_every, 1.0)):
-            if self.reload_event.is_set():
-                self.reload_event.clear()
-                self.notifier.reloading()
-                self.queue.put(Reload())
+        while not self.stop_event.is_set():
+            self._take_signal(min(ping_every, 1.0))
+            if self.stop_event.is_set():
+                break
             # Tell the truth: ping systemd only while the worker is alive and making progress.
             if not self._thread.is_alive():
                 # Never keep running blind: exit non-zero so systemd (Restart=on-failure) restarts us.
@@ -100,6 +111,30 @@ class Daemon:
             self._metrics_server.shutdown()
         log.info("stopped")
         return 0
+
+    def _take_signal(self, timeout: float) -> None:
+        """Wait up to ``timeout`` for a signal and act on it: HUP reloads, TERM/INT stop (alerted with the sender)."""
+        info = signal.sigtimedwait(SIGNALS, timeout)
+        if info is None:
+            return
+        if info.si_signo == signal.SIGHUP:
+            self.notifier.reloading()
+            self.queue.put(Reload())
+            return
+        name = signal.Signals(info.si_signo).name
+        log.warning("stop_requested", signal=name, sender_pid=info.si_pid, sender_uid=info.si_uid)
+        self.stop_event.set()
+        try:
+            self._alert(self.lifecycle.stopping(name, info.si_pid, info.si_uid))
+        except Exception as exc:  # crash barrier: the stop goes on even if its alert cannot be made
+            log.exception("stop_alert_failed", error=repr(exc))
+
+    def _alert(self, finding) -> None:
+        """An alert about the agent itself: straight into the spool, whatever the alert threshold."""
+        try:
+            self.alerts.submit(alert.build(finding))
+        except SpoolError as exc:
+            log.error("alert_not_spooled", finding=finding.finding_id, error=str(exc))
 
     def on_reloaded(self, failure: str) -> None:
         """Called by the worker thread after a reload ("" when it worked)."""
@@ -126,17 +161,6 @@ class Daemon:
             c.proc_connector.stop()
         c.file_watcher.stop()
         self.alerts.stop(timeout=5)
-
-    def _install_signals(self) -> None:
-        def on_stop(signum, _frame):
-            self.stop_event.set()
-
-        def on_hup(signum, _frame):
-            self.reload_event.set()  # the main loop turns it into a Reload event for the worker
-
-        signal.signal(signal.SIGTERM, on_stop)
-        signal.signal(signal.SIGINT, on_stop)
-        signal.signal(signal.SIGHUP, on_hup)
 
     # ------------------------------------------------------------------ health (read-only, any thread)
 

@@ -22,6 +22,7 @@ from agent.daemon import metrics
 from agent.daemon.behaviour import BehaviourModel
 from agent.daemon.containers import ContainerRegistry
 from agent.daemon.emitter import Emitter
+from agent.daemon.lifecycle import Lifecycle
 from agent.daemon.sd_notify import Notifier
 from agent.daemon.service import Collectors, Daemon
 from agent.daemon.tracker import ProcessTracker
@@ -79,6 +80,6 @@ def build(config: Config, signatures: Signatures, *, config_path: str | None = N
         docker_watcher=DockerWatcher(cfg.docker.url, queue),
     )
     daemon = Daemon(cfg, worker, collectors, alerts, queue=queue, notifier=notifier or Notifier(), clock=clock,
-                    serve_metrics=metrics.serve)
+                    lifecycle=Lifecycle(cfg.agent.state_dir, cfg.agent.proc_root), serve_metrics=metrics.serve)
     worker.on_reload = daemon.on_reloaded
     return daemon
