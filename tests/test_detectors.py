@@ -166,3 +166,73 @@ def test_config_only_in_the_working_directory_is_weak():
     shell = ProcessSnapshot(pid=1, exe="/usr/bin/bash", cwd="/tmp/x", cmdline=("bash", "-c", "ls"), miner_config=cfg)
     evs = cmdline.detect(shell, CTX)
     assert evs and not any(e.strong for e in evs)
+
+
+# --- what the signature regexes are given ------------------------------------------------
+
+
+class _Recording:
+    """A real regex that also notes every text it is asked to search."""
+
+    def __init__(self, pattern: str) -> None:
+        import re
+
+        self.regex = re.compile(pattern)
+        self.pattern = pattern
+        self.texts: list[str] = []
+
+    def search(self, text: str):
+        self.texts.append(text)
+        return self.regex.search(text)
+
+
+def _recording_context(pattern: str) -> tuple[Context, _Recording]:
+    import dataclasses
+
+    from agent.signatures import Pattern
+
+    spy = _Recording(pattern)
+    sigs = dataclasses.replace(SIGS, cmdline_patterns=(Pattern("spy", spy, 40, "unit test"),),
+                               wallet_patterns=(Pattern("spy_wallet", spy, 30, "unit test"),))
+    return Context(sigs), spy
+
+
+def test_cmdline_regexes_get_a_capped_line_that_keeps_what_padding_surrounds():
+    """A 2 MB padded argv reaches the regexes as at most MAX_MATCH_TEXT characters, and the miner
+    arguments on both sides of the padding are still in it (and still found)."""
+    from agent.signatures import MAX_MATCH_TEXT
+
+    ctx, spy = _recording_context(r"stratum\+tcp://\S+")
+    pad = "modprobe msr," * 10_000
+    proc = ProcessSnapshot(pid=1, cmdline=("m", "--donate-level=1", pad, "-o", "stratum+tcp://pool.example:3333",
+                                           *[pad] * 15, "-u", WALLET))
+    details = [e.detail for e in cmdline.detect(proc, ctx)]
+    assert spy.texts and max(map(len, spy.texts)) <= MAX_MATCH_TEXT
+    assert all(t.startswith("m --donate-level=1 ") and t.endswith(f" -u {WALLET}") for t in spy.texts)
+    assert any("stratum+tcp://pool.example:3333" in d for d in details), details
+
+
+def test_image_config_regexes_get_a_capped_text_of_env_and_labels():
+    """A 96 KiB image Env reaches the regexes capped, with the Env entries and labels after it kept."""
+    from agent.signatures import MAX_MATCH_TEXT
+
+    ctx, spy = _recording_context(r"stratum\+tcp://\S+")
+    container = ContainerInfo(id="c" * 64, name="x", image="someone/app",
+                              env=("PAD=" + "modprobe msr," * 7600, "UPSTREAM=stratum+tcp://pool.example:3333"),
+                              labels=(("note", "x" * 100_000),))
+    evidence = image_policy.detect(container, ctx)
+    assert spy.texts and max(map(len, spy.texts)) <= MAX_MATCH_TEXT
+    assert any("stratum+tcp://pool.example:3333" in e.detail for e in evidence), evidence
+
+
+def test_pool_urls_are_capped_in_length_and_number():
+    """Each URL handed to the endpoint parser is cut; of 100,000 -o flags the first and the last are kept."""
+    from agent.detectors.pool_urls import MAX_URL
+    from agent.signatures import MAX_MATCH_ITEMS
+
+    argv = ("m", *[x for i in range(100_000) for x in ("-o", f"h{i}.example:3333")])
+    urls = cmdline_urls(argv)
+    assert len(urls) == MAX_MATCH_ITEMS and urls[0] == "h0.example:3333" and urls[-1] == "h99999.example:3333"
+    long_url = cmdline_urls(("m", "-o", "stratum+tcp://" + "a" * 100_000 + ".example:3333"))
+    assert long_url and all(len(u) <= MAX_URL for u in long_url)
+    assert parse_endpoint("stratum+tcp://" + "a." * 50_000 + "example:3333") is None

@@ -403,3 +403,117 @@ def test_env_var_lookup_handles_prefix_entries(sig):
     assert sig.env_var("POOL_URL").value == "POOL_URL"
     assert sig.env_var("XMRIG_EXE").value == "XMRIG_*"
     assert sig.env_var("PATH") is None
+
+
+# --- RE2: linear-time matching, and what a matcher is given ------------------------------
+
+# The shipped regexes before they were rewritten for RE2 (look-around and an unbounded .*),
+# kept to check that the rewrites match what they matched.
+FORMER = {
+    "pool_url_flag": r"(?:^|\s)(?:-o\s*|--url(?:=|\s+))(?!https?://)(?:[A-Za-z0-9+]+://)?(?:(?:[A-Za-z0-9-]+\.)+"
+                     r"[A-Za-z]{2,}|\d{1,3}(?:\.\d{1,3}){3}):\d{2,5}(?=[\s/]|$)",
+    "msr_modprobe": r"\bmodprobe\s+msr\b.*\ballow_writes=on\b",
+    "monero_address": r"\b(?![0-9a-fA-F]{95}\b)4[1-9AB][1-9A-HJ-NP-Za-km-z]{93}\b",
+    "monero_subaddress": r"\b(?![0-9a-fA-F]{95}\b)8[1-9AB][1-9A-HJ-NP-Za-km-z]{93}\b",
+    "monero_integrated": r"\b(?![0-9a-fA-F]{106}\b)4[1-9A-HJ-NP-Za-km-z]{105}\b",
+    "bitcoin_base58": r"\b(?=[13][1-9A-HJ-NP-Za-km-z]{25,34}\b)(?=[1-9A-HJ-NP-Za-km-z]*[a-km-z])"
+                      r"(?=[1-9A-HJ-NP-Za-km-z]*[A-HJ-NP-Z])[13][1-9A-HJ-NP-Za-km-z]{25,34}\b",
+}
+
+
+def test_every_signature_regex_is_compiled_with_re2(sig):
+    """Every command-line and wallet pattern of the bundle is an RE2 regex (linear-time matching)."""
+    patterns = [*sig.cmdline_patterns, *sig.wallet_patterns]
+    assert len(patterns) > 20
+    assert {type(p.regex).__module__.split(".")[0] for p in patterns} == {"re2"}
+
+
+def test_patterns_re2_cannot_compile_are_rejected_with_file_and_line(bundle):
+    """Backreferences, look-ahead, look-behind and \\Z are load errors at their file:line; a nested
+    quantifier that backtracks in Python's re (``(a+)+$``) is fine: RE2 matches it in linear time."""
+    first = append(bundle, "cmdline_patterns.txt",
+                   "backreference | 10 | (xmr)ig\\1 | test",
+                   "lookahead | 10 | xmrig(?=--) | test",
+                   "lookbehind | 10 | (?<=--)donate | test",
+                   "python_end | 10 | xmrig\\Z | test",
+                   "nested | 10 | (a+)+$ | test")
+    wallet = append(bundle, "wallet_patterns.txt", "negative_lookahead | 10 | \\b(?!0x)[0-9a-f]{40}\\b | test")
+    refresh_manifest(bundle)
+    sig, issues = check_bundle(bundle)
+    where = [f"{i.file}:{i.line}" for i in issues]
+    assert where == [*(f"cmdline_patterns.txt:{first + n}" for n in range(4)), f"wallet_patterns.txt:{wallet}"]
+    assert all("does not compile with RE2" in i.message for i in issues), issues
+    assert "nested" in {p.name for p in sig.cmdline_patterns}
+    with pytest.raises(SignatureError) as raised:
+        load_bundle(bundle)
+    assert f"cmdline_patterns.txt:{first + 1}" in str(raised.value)
+
+
+def test_no_pattern_repeats_a_wildcard_without_bound(sig):
+    """No .* or .+ between two words: repetition is bounded ({0,128})."""
+    for p in (*sig.cmdline_patterns, *sig.wallet_patterns):
+        assert ".*" not in p.regex.pattern and ".+" not in p.regex.pattern, f"{p.file}:{p.line} {p.name}"
+
+
+def _samples(rng: random.Random) -> str:
+    """Command-line-like text around the rewritten patterns' edges: schemes, hex vs base58, lengths."""
+    def token() -> str:
+        kind = rng.random()
+        if kind < 0.4:
+            n = rng.choice([25, 26, 27, 34, 35, 36, 93, 94, 95, 96, 105, 106, 107])
+            first = rng.choice(["4", "8", "1", "3", "4A", "4a", "89"])
+            alphabet = rng.choice([BASE58, "123456789abcdef", "123456789ABCDEF", "0123456789abcdef", BASE58 + "0l_"])
+            text = first + "".join(rng.choice(alphabet) for _ in range(n - len(first)))
+            if rng.random() < 0.3:  # hex but for one base58 letter somewhere
+                i = rng.randrange(len(first), n)
+                text = text[:i] + rng.choice("ghijkmnGHJKZ") + text[i + 1:]
+            return text
+        if kind < 0.8:
+            return (rng.choice(["-o", "-o ", "--url=", "--url ", "--url", "-o\t"])
+                    + rng.choice(["", "http://", "https://", "HTTP://", "htt://", "httpx://", "httpsx://", "xhttp://",
+                                  "h://", "stratum+tcp://", "tcp://", "http+s://", "://"])
+                    + rng.choice(["pool.example.com", "1.2.3.4", "a.b", "a.bc", "localhost", "1.2.3", "x-y.z9.io"])
+                    + rng.choice([":3333", ":1", ":12", ":123456", ":80/", ":443x", ""]))
+        return rng.choice(["modprobe msr allow_writes=on", "modprobe  msr foo=1 allow_writes=on",
+                           "modprobe msrx allow_writes=on", "modprobe msr " + "y" * rng.randrange(100) + " allow_writes=on"])
+    return rng.choice(["", "x "]) + rng.choice([" ", "\t", "/"]).join(token() for _ in range(rng.randrange(1, 4)))
+
+
+def test_rewritten_patterns_match_what_the_former_ones_matched(sig):
+    """On 4,000 edge-case command lines the RE2 rewrites agree with the former look-around regexes;
+    bitcoin_base58 differs only where upper and lower case never touch (it needs them side by side)."""
+    import re
+
+    rng = random.Random(12)
+    by_name = {p.name: p.regex for p in (*sig.cmdline_patterns, *sig.wallet_patterns)}
+    former = {name: re.compile(text) for name, text in FORMER.items()}
+    hits = dict.fromkeys(FORMER, 0)
+    for _ in range(4000):
+        text = _samples(rng)
+        for name, old in former.items():
+            before, after = old.search(text), by_name[name].search(text)
+            hits[name] += before is not None
+            if name == "bitcoin_base58" and before and not after:
+                token = before.group(0)
+                assert not re.search(r"[a-km-z][A-HJ-NP-Z]|[A-HJ-NP-Z][a-km-z]", token), token
+                continue
+            assert (before is None) == (after is None), (name, text)
+            if before and name != "msr_modprobe":  # the former .* was greedy: a longer match, same verdict
+                assert after.group(0).rstrip(" \t/") == before.group(0), (name, text)
+    assert all(hits.values()), hits  # the samples reach every pattern
+
+
+def test_match_text_keeps_start_and_end_and_the_arguments_around_padding():
+    """A matcher gets at most MAX_MATCH_TEXT characters: each part cut to its start and end, then the whole."""
+    from agent.signatures import MAX_MATCH_PART, MAX_MATCH_TEXT, clip_items, clip_middle, match_text
+
+    assert clip_middle("short") == "short"
+    cut = clip_middle("A" * 10 + "x" * 100_000 + "Z" * 10, 1000)
+    assert len(cut) == 1000 and cut.startswith("A" * 10) and cut.endswith("Z" * 10)
+    line = match_text(["xmrig", "--donate-level=1", "p" * 1_000_000, "-o", "pool.example.com:3333"])
+    assert len(line) <= MAX_MATCH_TEXT
+    assert line.startswith("xmrig --donate-level=1 p") and line.endswith("p -o pool.example.com:3333")
+    many = match_text(["--first", *["pad" * 1000] * 500, "--last"])
+    assert len(many) <= MAX_MATCH_TEXT and many.startswith("--first ") and many.endswith(" --last")
+    assert max(len(w) for w in many.split(" ")) <= MAX_MATCH_PART
+    assert clip_items(list(range(1000)), 10) == [0, 1, 2, 3, 4, 995, 996, 997, 998, 999]

@@ -8,6 +8,7 @@ from agent.detectors.base import Context
 from agent.detectors.pool_urls import cmdline_urls, parse_endpoint
 from agent.miner_args import config_args
 from agent.model import Evidence, ProcessSnapshot
+from agent.signatures import MAX_MATCH_PART, clip_items, clip_middle, match_text
 
 ID = "cmdline"
 VERSION = 1
@@ -22,7 +23,9 @@ def _clip(text: str) -> str:
 
 
 def _command_line(proc: ProcessSnapshot, ctx: Context) -> list[Evidence]:
-    line = proc.command_line
+    # What the regexes see: each argument and the line capped, start and end kept (a padded argv
+    # neither costs unbounded time nor pushes the miner's own arguments out of view).
+    line = match_text(proc.cmdline)
     out: list[Evidence] = []
     for pat in ctx.signatures.cmdline_patterns:
         m = pat.regex.search(line)
@@ -64,7 +67,7 @@ def _config(proc: ProcessSnapshot, ctx: Context) -> list[Evidence]:
     if cfg.pools:
         out.append(Evidence("config", f"miner config {cfg.path}{where} names pool(s) {_clip(', '.join(cfg.pools))}",
                             35 if own else 10, _RULE, strong=own))
-        for url in cfg.pools:
+        for url in clip_items(cfg.pools):
             ep = parse_endpoint(url)
             if ep and (entry := ctx.signatures.pool_domain(ep[0])):
                 out.append(Evidence("config", f"known pool domain {ep[0]} in {cfg.path}; source: {entry.source}", 40, _RULE,
@@ -73,7 +76,8 @@ def _config(proc: ProcessSnapshot, ctx: Context) -> list[Evidence]:
     elif cfg.keys:
         out.append(Evidence("config", f"miner config {cfg.path}{where} has miner keys {', '.join(cfg.keys)}",
                             20 if own else 5, _RULE, strong=own))
-    for user in cfg.users:
+    for user in clip_items(cfg.users):
+        user = clip_middle(user, MAX_MATCH_PART)
         for pat in ctx.signatures.wallet_patterns:
             if pat.regex.search(user):
                 out.append(Evidence("config", f"{pat.name} wallet address in {cfg.path}{where}",

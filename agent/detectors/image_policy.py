@@ -6,6 +6,7 @@ import fnmatch
 
 from agent.detectors.base import Context
 from agent.model import ContainerInfo, Evidence
+from agent.signatures import match_text
 
 ID = "image"
 VERSION = 1
@@ -96,7 +97,8 @@ def detect(container: ContainerInfo, ctx: Context) -> list[Evidence]:
             out.append(Evidence("image", f"entrypoint/command runs the known miner launcher {base!r}; source: {entry.source}", 35, _RULE))
             break
     labels = [f"{k}={v}" for k, v in container.labels]
-    config_text = " ".join([*words, *container.env, *labels])
+    # Capped like a command line: each word, Env entry and label, then the whole, start and end kept.
+    config_text = match_text([*words, *container.env, *labels])
     for pat in sig.cmdline_patterns:
         if m := pat.regex.search(config_text):
             out.append(Evidence("image", f"container config: {pat.name}: {m.group(0)[:120]!r}", min(pat.weight, 40), _RULE))
