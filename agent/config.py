@@ -55,6 +55,12 @@ class ResponseSection:
     pause_severity: str = "critical"
     protect: tuple[str, ...] = ()
     stop_host_processes: bool = False
+    # The quarantine of evidence (blocks allocated): in all, per container (the host is one more).
+    quarantine_max_mb: int = 512
+    quarantine_max_files: int = 100
+    quarantine_container_max_mb: int = 128
+    quarantine_container_max_files: int = 10
+    quarantine_min_free_mb: int = 256  # free space its file system keeps after a copy
 
 
 @dataclass(frozen=True, slots=True)

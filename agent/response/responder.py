@@ -35,7 +35,7 @@ from agent.model import ContainerInfo, Finding, ResponseRecord
 from agent.response import identity
 from agent.response.freezer import CgroupFreezer, FreezeError
 from agent.response.policy import Decision, decide
-from agent.response.quarantine import Quarantine, QuarantineError
+from agent.response.quarantine import Limits, Quarantine, QuarantineError
 from agent.response.records import ResponseRecords
 
 log = structlog.get_logger("minerwatch.response")
@@ -57,7 +57,8 @@ class Responder:
         self.actor = actor
         self.proc_root = config.agent.proc_root
         self.records = ResponseRecords(state_dir)
-        self.quarantine = Quarantine(state_dir, config.watch.max_file_mb << 20, proc_root=self.proc_root)
+        self.quarantine = Quarantine(state_dir, config.watch.max_file_mb << 20, proc_root=self.proc_root,
+                                     limits=Limits.of(config.response))
         self._freezer = freezer
         self.own_pid = own_pid or os.getpid()
         self.own_pids = frozenset({self.own_pid, *identity.ancestors(self.proc_root, self.own_pid)})
@@ -75,6 +76,7 @@ class Responder:
         """Apply a reloaded config (policy, evidence size limit); what was paused, released or logged is kept."""
         self.config = config
         self.quarantine.max_bytes = config.watch.max_file_mb << 20
+        self.quarantine.limits = Limits.of(config.response)
 
     @property
     def freezer(self) -> CgroupFreezer:
@@ -282,7 +284,8 @@ class Responder:
             kept = self.quarantine.keep(finding, alert.build(dataclasses.replace(finding, response=record)))
         except QuarantineError as exc:
             log.warning("evidence_not_kept", finding=finding.finding_id, error=str(exc))
-            return record
+            what = "executable" if proc is not None else "file"
+            return dataclasses.replace(record, reason=f"{record.reason}; {what} not kept: {exc}")
         if kept is None:
             return record
         self._kept[key] = kept.sha256
