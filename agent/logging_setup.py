@@ -1,11 +1,80 @@
-"""Configure structlog once, in main: console output on a terminal, JSON lines otherwise (journald)."""
+"""Configure structlog once, in main: console output on a terminal, JSON lines otherwise (journald).
+
+Log values often carry what a process or a container supplied (a command line, a path, a
+container name). On a terminal, the rendered line goes through ``agent.text.terminal_safe``
+keeping only line breaks (a traceback has them), so no control character written by anyone
+else reaches the operator's terminal. Line breaks cannot be forged either: the console
+renderer writes a value that holds one as its ``repr`` (escaped), the event text, which it
+writes as is, is escaped in full first, and so is each exception's message in a traceback
+(only the traceback's own lines break). JSON lines need nothing: the JSON encoder escapes
+every control character (and, with its default ``ensure_ascii``, all of non-ASCII).
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
+import traceback
 
 import structlog
+
+from agent.text import terminal_safe
+
+
+def escape_event(_logger, _name, event_dict: dict) -> dict:
+    """structlog processor: the event text (which the console renderer writes unquoted) made
+    terminal-safe, newlines included."""
+    event = event_dict.get("event")
+    if isinstance(event, str):
+        event_dict["event"] = terminal_safe(event)
+    return event_dict
+
+
+def _exc_info(value) -> tuple | None:
+    if isinstance(value, BaseException):
+        return type(value), value, value.__traceback__
+    if isinstance(value, tuple) and len(value) == 3:
+        return value if value[0] is not None else None
+    if value:
+        info = sys.exc_info()
+        return info if info[0] is not None else None
+    return None
+
+
+def _traceback_lines(te: traceback.TracebackException, seen: set[int]):
+    """What ``te.format()`` writes, but each exception's message on one line (its line breaks escaped)."""
+    seen.add(id(te))
+    if te.__cause__ is not None and id(te.__cause__) not in seen:
+        yield from _traceback_lines(te.__cause__, seen)
+        yield "\nThe above exception was the direct cause of the following exception:\n\n"
+    elif te.__context__ is not None and not te.__suppress_context__ and id(te.__context__) not in seen:
+        yield from _traceback_lines(te.__context__, seen)
+        yield "\nDuring handling of the above exception, another exception occurred:\n\n"
+    if te.stack:
+        yield "Traceback (most recent call last):\n"
+        yield from te.stack.format()
+    for line in te.format_exception_only():
+        yield terminal_safe(line.rstrip("\n")) + "\n"
+
+
+def format_exc_info_escaped(_logger, _name, event_dict: dict) -> dict:
+    """structlog's ``format_exc_info`` for a terminal: ``exc_info`` becomes ``exception``, the
+    traceback text, in which no exception message can start a line of its own."""
+    info = _exc_info(event_dict.pop("exc_info", None))
+    if info is not None:
+        te = traceback.TracebackException(*info)
+        event_dict["exception"] = "".join(_traceback_lines(te, set())).rstrip("\n")
+    return event_dict
+
+
+class TerminalSafe:
+    """Wraps a renderer: whatever it produced, no control character but a newline is left."""
+
+    def __init__(self, renderer) -> None:
+        self.renderer = renderer
+
+    def __call__(self, logger, name: str, event_dict: dict) -> str:
+        return terminal_safe(self.renderer(logger, name, event_dict), keep_newlines=True)
 
 
 def configure(level: str = "info", stream=None) -> None:
@@ -14,11 +83,12 @@ def configure(level: str = "info", stream=None) -> None:
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        structlog.processors.format_exc_info,
     ]
     if stream.isatty():
-        renderer = structlog.dev.ConsoleRenderer(colors=False)
+        processors += [format_exc_info_escaped, escape_event]
+        renderer = TerminalSafe(structlog.dev.ConsoleRenderer(colors=False))
     else:
+        processors.append(structlog.processors.format_exc_info)
         renderer = structlog.processors.JSONRenderer()
     structlog.configure(
         processors=[*processors, renderer],

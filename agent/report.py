@@ -1,4 +1,9 @@
-"""The human sweep report: progress while it works, then a table and a summary."""
+"""The human sweep report: progress while it works, then a table and a summary.
+
+Everything a process, a container, an image or a file name supplied is passed through
+``agent.text.terminal_safe`` (no control character reaches the terminal) and handed to rich
+as ``Text`` (never parsed as markup).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from agent.model import Finding, Severity
+from agent.text import terminal_safe
 
 _STYLE = {Severity.CRITICAL: "bold red", Severity.HIGH: "red", Severity.MEDIUM: "yellow", Severity.LOW: "cyan"}
 
@@ -43,11 +49,11 @@ class Reporter:
             for col in ("severity", "score", "where", "process / file", "evidence"):
                 table.add_column(col, overflow="fold")
             for f in shown:
-                # Untrusted text (command lines, paths) goes in as Text, never as markup.
-                lines = [f"{e.signal}: {e.detail}" for e in f.evidence[:6]]
+                # Untrusted text (command lines, paths) is escaped, then goes in as Text, never as markup.
+                lines = [terminal_safe(f"{e.signal}: {e.detail}") for e in f.evidence[:6]]
                 if f.response.action != "none":
-                    lines.append(f"response: {f.response.action} {f.response.result}: {f.response.reason}")
-                table.add_row(Text(f.severity.word, style=_STYLE[f.severity]), str(f.score), Text(_where(f)),
+                    lines.append(terminal_safe(f"response: {f.response.action} {f.response.result}: {f.response.reason}"))
+                table.add_row(Text(f.severity.word, style=_STYLE[f.severity]), Text(str(f.score)), Text(_where(f)),
                               Text(_what(f)), Text("\n".join(lines)))
             out.print(table)
         else:
@@ -59,13 +65,13 @@ class Reporter:
             f"{result.partial_processes} processes partly unreadable"
         )
         for note in result.notes:
-            out.print(Text(f"note: {note}"))
+            out.print(Text(f"note: {terminal_safe(note)}"))
 
 
 def _where(f: Finding) -> str:
     if f.container is not None:
-        name = f.container.name or f.container.id[:12]
-        image = f" ({f.container.image})" if f.container.image else ""
+        name = terminal_safe(f.container.name or f.container.id[:12])
+        image = f" ({terminal_safe(f.container.image)})" if f.container.image else ""
         return f"container {name}{image}"
     return "host"
 
@@ -73,9 +79,9 @@ def _where(f: Finding) -> str:
 def _what(f: Finding) -> str:
     if f.process is not None:
         p = f.process
-        cmd = p.command_line
+        cmd = terminal_safe(p.command_line)
         cmd = cmd if len(cmd) <= 80 else cmd[:77] + "..."
-        return f"pid {p.pid} {p.exe or p.name}\n{cmd}"
+        return f"pid {p.pid} {terminal_safe(p.exe or p.name)}\n{cmd}"
     if f.file is not None:
-        return f.file.path
-    return f.container.image if f.container else ""
+        return terminal_safe(f.file.path)
+    return terminal_safe(f.container.image) if f.container else ""

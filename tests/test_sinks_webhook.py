@@ -1,9 +1,15 @@
-"""Webhook sink: HMAC signature, secrets kept out of logs and alerts, TLS verification, retries."""
+"""Webhook sink: HMAC signature over a timestamp and the body, replays refused, secrets kept out of logs
+and alerts, the secret file root's alone, TLS verification, retries."""
 from __future__ import annotations
 
 import json
 import os
 import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
 
 import pytest
 import structlog.testing
@@ -15,6 +21,8 @@ from agent.sinks.webhook import WebhookSink, signature
 from tests.alerts_schema import validate
 from tests.helpers.alert_factory import PipelineSet, make_alert, make_config
 from tests.helpers.receivers import WebhookReceiver
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SECRET = b"hunter2-do-not-log-me-5f1c"
 URL_TOKEN = "tok-9c2e7d-secret-path"
@@ -32,7 +40,8 @@ def everything_in(directory) -> bytes:
 
 
 def test_receiver_verifies_hmac_and_the_secret_never_appears_in_logs_alerts_or_state(tmp_path):
-    """Every POST carries a valid HMAC-SHA256 of the exact body; the secret (and URL token) are in no log, alert or state file."""
+    """Every POST carries a current timestamp and a valid HMAC-SHA256 of it and the exact body; the secret
+    (and URL token) are in no log, alert or state file."""
     alerts = [make_alert(i) for i in range(5)]
     with WebhookReceiver(secret=SECRET, path=f"/hook/{URL_TOKEN}?token={URL_TOKEN}") as hook:
         cfg = make_config(tmp_path, webhook=hook.url, webhook_secret_file=str(secret_file(tmp_path)))
@@ -47,7 +56,9 @@ def test_receiver_verifies_hmac_and_the_secret_never_appears_in_logs_alerts_or_s
     assert [r.signature_ok for r in hook.requests] == [True] * len(hook.requests)
     assert len(hook.accepted) == 5 and stats["sinks"]["webhook"]["failed"] == 2
     for r in hook.accepted:
-        assert r.headers["X-Minerwatch-Signature"] == signature(SECRET, r.body)
+        timestamp = r.headers["X-Minerwatch-Timestamp"]
+        assert timestamp.isdigit() and abs(int(timestamp) - time.time()) < 60
+        assert r.headers["X-Minerwatch-Signature"] == signature(SECRET, timestamp, r.body)
         assert r.headers["Content-Type"] == "application/json"
         assert r.headers["X-Minerwatch-Event-Id"] == r.alert["event"]["id"]
         assert validate(json.loads(r.body)) in alerts
@@ -70,14 +81,88 @@ def test_wrong_secret_is_rejected_by_the_receiver_and_retried(tmp_path):
     assert all(r.status == 401 and r.signature_ok is False for r in hook.requests)
 
 
-@pytest.mark.parametrize("mode", [0o644, 0o604, 0o606])
-def test_secret_file_readable_by_others_is_refused_without_showing_it(tmp_path, mode):
-    """A world-readable secret file is a ConfigError naming the key; the message never contains the secret."""
+def post(url: str, body: bytes, headers: dict) -> int:
+    """POST as anyone could (an attacker replaying what they captured); the HTTP status."""
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        return exc.code
+
+
+def test_a_captured_request_replayed_or_re_dated_is_refused_by_the_receiver(tmp_path):
+    """The receiver that checks as the README says accepts the agent's POST, and refuses the same request
+    replayed verbatim, its body under a fresh timestamp, and a correctly signed but hour-old request."""
+    alert = make_alert(1)
+    with WebhookReceiver(secret=SECRET) as hook:
+        cfg = make_config(tmp_path, webhook=hook.url, webhook_secret_file=str(secret_file(tmp_path)))
+        (sink,) = build_sinks(cfg)
+        sink.send(Record(encode(alert), alert))
+        (first,) = hook.accepted
+        captured = {k: v for k, v in first.headers.items()
+                    if k.lower() in ("content-type", "x-minerwatch-timestamp", "x-minerwatch-signature")}
+        verbatim = post(hook.url, first.body, captured)
+        redated = post(hook.url, first.body, {**captured, "X-Minerwatch-Timestamp": str(int(time.time()) + 1)})
+        old = str(int(time.time()) - 3600)
+        stale = post(hook.url, first.body, {**captured, "X-Minerwatch-Timestamp": old,
+                                            "X-Minerwatch-Signature": signature(SECRET, old, first.body)})
+        unsigned = post(hook.url, first.body, {"Content-Type": "application/json"})
+        time.sleep(1.1)  # a new second: the agent's next attempt has a new timestamp, so a new signature
+        sink.send(Record(encode(alert), alert))  # the agent itself sending again (a retry) is accepted
+    assert (verbatim, redated, stale, unsigned) == (401, 401, 401, 401)
+    assert [r.refused for r in hook.requests] == ["", "replayed", "bad signature", "stale timestamp", "no timestamp", ""]
+    assert len(hook.accepted) == 2 and validate(hook.accepted[1].alert) == alert
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o604, 0o606, 0o640, 0o660, 0o620, 0o610])
+def test_secret_file_open_to_group_or_others_is_refused_without_showing_it(tmp_path, mode):
+    """A secret file with any group or other permission (also group-readable 0640) is a ConfigError naming
+    the key and the file; the message never contains the secret."""
     path = secret_file(tmp_path, mode=mode)
     with pytest.raises(ConfigError) as err:
         build_sinks(make_config(tmp_path, webhook="https://127.0.0.1:1/x", webhook_secret_file=str(path)))
     assert err.value.key == "[alerts] webhook_secret_file" and "other users" in str(err.value)
+    assert str(path) in str(err.value) and f"{mode:04o}" in str(err.value) and "chmod 600" in str(err.value)
     assert SECRET.decode() not in str(err.value)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_secret_file_owned_by_another_user_is_refused(tmp_path):
+    """A 0600 secret file owned by another user (who could rewrite it) is refused, the owner named."""
+    path = secret_file(tmp_path)
+    os.chown(path, 65534, 65534)
+    with pytest.raises(ConfigError) as err:
+        build_sinks(make_config(tmp_path, webhook="https://127.0.0.1:1/x", webhook_secret_file=str(path)))
+    assert err.value.key == "[alerts] webhook_secret_file"
+    assert str(path) in str(err.value) and "uid 65534" in str(err.value) and "not root" in str(err.value)
+    assert SECRET.decode() not in str(err.value)
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o400])
+def test_secret_file_of_root_alone_is_accepted(tmp_path, mode):
+    """0600 and 0400, owned by the user running the agent (root here): accepted, and the POST is signed."""
+    path = secret_file(tmp_path, mode=mode)
+    alert = make_alert(3)
+    with WebhookReceiver(secret=SECRET) as hook:
+        (sink,) = build_sinks(make_config(tmp_path, webhook=hook.url, webhook_secret_file=str(path)))
+        sink.send(Record(encode(alert), alert))
+        assert [r.signature_ok for r in hook.requests] == [True]
+
+
+def test_secret_file_that_is_a_fifo_is_refused_without_hanging(tmp_path):
+    """A FIFO in place of the secret file is refused at once (it was opened blocking: the start-up hung)."""
+    path = tmp_path / "webhook.secret"
+    os.mkfifo(path, 0o600)
+    code = ("import sys; from agent.sinks.webhook import load_secret, SecretFileError\n"
+            "try:\n    load_secret(sys.argv[1])\nexcept SecretFileError as e:\n    print(e)")
+    try:
+        out = subprocess.run([sys.executable, "-c", code, str(path)], cwd=REPO, capture_output=True, text=True,
+                             timeout=20, check=False)
+    except subprocess.TimeoutExpired:
+        pytest.fail("load_secret blocked on a FIFO for 20 s")
+    assert out.returncode == 0 and "not a regular file" in out.stdout, out.stderr
 
 
 def test_missing_or_empty_secret_file_is_a_config_error(tmp_path):

@@ -74,37 +74,41 @@ class _Progress:
 
 
 def _print_report(result, shown, level: Severity) -> None:
+    """The table on stdout. Image names, paths and config values come from the image: each is
+    escaped (``agent.text.terminal_safe``: no control character reaches the terminal) and goes
+    to rich as ``Text``, never as markup."""
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
+    from agent.text import terminal_safe as safe
 
+    image = safe(result.image)
     out = Console(file=sys.stdout, highlight=False, soft_wrap=False)
     if shown:
-        table = Table(title=f"minerwatch scan-image {result.image}: {len(shown)} finding(s) at or above {level.word}",
+        table = Table(title=Text(f"minerwatch scan-image {image}: {len(shown)} finding(s) at or above {level.word}"),
                       show_lines=True)
         for col in ("severity", "score", "where", "evidence"):
             table.add_column(col, overflow="fold")
         for f in shown:
             if f.file is not None:
                 index = result.layer_of.get(f.finding_id, 0)
-                where = f"{f.file.path}\nlayer {index} of {len(result.layers)}" + (" (hidden)" if f.file.hidden else "")
+                where = f"{safe(f.file.path)}\nlayer {index} of {len(result.layers)}" + (" (hidden)" if f.file.hidden else "")
             else:
                 where = "image config and name"
-            # Untrusted text (paths, config values) goes in as Text, never as markup.
-            table.add_row(Text(f.severity.word, style=_STYLE[f.severity]), str(f.score), Text(where),
-                          Text("\n".join(f"{e.signal}: {e.detail}" for e in f.evidence[:6])))
+            table.add_row(Text(f.severity.word, style=_STYLE[f.severity]), Text(str(f.score)), Text(where),
+                          Text("\n".join(safe(f"{e.signal}: {e.detail}") for e in f.evidence[:6])))
         out.print(table)
     else:
-        out.print(Text(f"minerwatch scan-image {result.image}: nothing at or above {level.word}"))
+        out.print(Text(f"minerwatch scan-image {image}: nothing at or above {level.word}"))
     below = len(result.findings) - len(shown)
-    out.print(
+    out.print(Text(
         f"{len(result.layers)} layers, {result.files} files, {result.candidates} executables and scripts "
         f"({result.bytes_hashed / 1e6:.1f} MB) checked in {result.duration_s:.2f} s; "
         f"{below} finding(s) below {level.word}; {result.partial_files} file(s) only partly read"
-    )
-    skipped = ", ".join(f"{n} {_KINDS.get(kind, kind)}" for kind, n in sorted(result.skipped.items()) if n)
+    ))
+    skipped = ", ".join(f"{n} {_KINDS.get(kind, safe(kind))}" for kind, n in sorted(result.skipped.items()) if n)
     if skipped:
-        out.print(f"treated as data (never followed, opened or created): {skipped}")
+        out.print(Text(f"treated as data (never followed, opened or created): {skipped}"))
     for note in result.notes:
-        out.print(Text(f"note: {note}"))
+        out.print(Text(f"note: {safe(note)}"))

@@ -1,8 +1,14 @@
 """Alerts POSTed as JSON to an HTTP(S) endpoint.
 
 TLS is verified against the system trust store (``SSL_CERT_FILE``/``SSL_CERT_DIR`` add a
-private CA). With a secret, ``X-Minerwatch-Signature: sha256=<hex>`` carries the
-HMAC-SHA256 of the exact body. Any answer but 2xx is a failure and is retried; redirects are
+private CA). With a secret, every POST carries ``X-Minerwatch-Timestamp: <unix seconds>``
+and ``X-Minerwatch-Signature: sha256=<hex>``, the HMAC-SHA256 of the timestamp, a ``.`` and
+the exact body (``b"1700000000." + body``): a receiver checks the signature, rejects a
+timestamp more than a few minutes from its clock, and remembers the signatures it accepted
+within that window, so a captured request cannot be replayed (each attempt, retries
+included, is signed anew with its own timestamp; ``event.id`` tells a retry from a new
+alert). The secret file must be a regular file owned by root (by the user running the agent,
+when that is not root) that nobody else may read or write (mode 0600 or 0400). Any answer but 2xx is a failure and is retried; redirects are
 not followed (a POST turned into a GET would look delivered). The secret and the URL's path
 and query (which often hold tokens) never appear in a log line or an error message.
 """
@@ -15,6 +21,7 @@ import http.client
 import os
 import ssl
 import stat
+import time
 import urllib.error
 import urllib.request
 
@@ -22,6 +29,7 @@ from agent import __version__
 from agent.sinks.base import Record, SinkError, safe_url
 
 SIGNATURE_HEADER = "X-Minerwatch-Signature"
+TIMESTAMP_HEADER = "X-Minerwatch-Timestamp"
 EVENT_ID_HEADER = "X-Minerwatch-Event-Id"
 _MAX_SECRET = 4096
 
@@ -30,22 +38,31 @@ class SecretFileError(ValueError):
     """The webhook secret file is unusable; the message never contains the secret."""
 
 
-def load_secret(path: str) -> bytes:
+def load_secret(path: str, *, euid: int | None = None) -> bytes:
     """The secret from ``path`` (surrounding whitespace stripped).
 
-    Refuses a file that other users may read or write, and an empty one.
+    Refuses anything but a regular file owned by root (by ``euid``, the effective user,
+    when that is not root) with no permission bits for group or others (0600, 0400), and an
+    empty one. It is opened without blocking and without becoming a controlling terminal, and
+    checked on the open descriptor, so a swap between check and read cannot change the answer.
     """
+    euid = os.geteuid() if euid is None else euid
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
     except OSError as exc:
         raise SecretFileError(f"cannot open {path}: {exc.strerror or exc}") from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise SecretFileError(f"{path} is not a regular file")
-        if st.st_mode & 0o007:
+        if st.st_uid not in (0, euid):
+            owner = "root" if euid == 0 else f"root or uid {euid}"
+            raise SecretFileError(f"{path} is owned by uid {st.st_uid}, not {owner}; fix: chown root {path}")
+        mode = stat.S_IMODE(st.st_mode)
+        if mode & 0o077:
             raise SecretFileError(
-                f"{path} is accessible to other users (mode {stat.S_IMODE(st.st_mode):04o}); chmod 600 or 640 it"
+                f"{path} has mode {mode:04o}: group or other users may access it, it must be 0600; "
+                f"fix: chmod 600 {path}"
             )
         secret = os.read(fd, _MAX_SECRET + 1).strip()
     finally:
@@ -57,9 +74,10 @@ def load_secret(path: str) -> bytes:
     return secret
 
 
-def signature(secret: bytes, body: bytes) -> str:
-    """The header value for ``body``: ``sha256=<hex HMAC-SHA256>``."""
-    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+def signature(secret: bytes, timestamp: str, body: bytes) -> str:
+    """The signature header for ``body`` sent at ``timestamp`` (the timestamp header's value):
+    ``sha256=`` and the hex HMAC-SHA256 of ``timestamp + "." + body``."""
+    return "sha256=" + hmac.new(secret, timestamp.encode("ascii") + b"." + body, hashlib.sha256).hexdigest()
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -97,7 +115,9 @@ class WebhookSink:
             EVENT_ID_HEADER: str((record.alert.get("event") or {}).get("id", "")),
         }
         if self._secret is not None:
-            headers[SIGNATURE_HEADER] = signature(self._secret, record.line)
+            timestamp = str(int(time.time()))
+            headers[TIMESTAMP_HEADER] = timestamp
+            headers[SIGNATURE_HEADER] = signature(self._secret, timestamp, record.line)
         request = urllib.request.Request(self._url, data=record.line, headers=headers, method="POST")
         try:
             with self._opener.open(request, timeout=self._timeout) as response:

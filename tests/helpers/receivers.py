@@ -8,8 +8,12 @@
     hook.fail_next(3, status=503)                       # answer the next 3 POSTs with 503
 
 Every POST is recorded in ``hook.requests`` (``Received``: body, headers, status answered,
-parsed alert, signature_ok); ``hook.accepted`` holds the ones answered 2xx. With a secret, a
-POST whose ``X-Minerwatch-Signature`` does not match the HMAC-SHA256 of the body gets 401.
+parsed alert, signature_ok, why it was refused); ``hook.accepted`` holds the ones answered
+2xx. With a secret, the receiver checks as the README tells receivers to (``verify_webhook``):
+``X-Minerwatch-Signature`` must be ``sha256=`` and the HMAC-SHA256 of the
+``X-Minerwatch-Timestamp`` value, ``.`` and the body; the timestamp within ``max_age``
+seconds of now; the signature not one already accepted (a replay). Otherwise: 401.
+``WebhookReceiver(max_body=N)`` answers 413 to a larger body (a proxy's body limit).
 
     with SyslogReceiver("udp") as rx:                   # also "tcp" (RFC 6587 octet counting)
         ... send to rx.url ("udp://127.0.0.1:PORT") ...  # and "unix" (datagram socket in a temp dir)
@@ -38,6 +42,30 @@ from tests.helpers.pool import make_self_signed_cert
 
 # --------------------------------------------------------------------------- webhook
 
+MAX_AGE = 300  # seconds a signed request stays acceptable
+
+
+def verify_webhook(secret: bytes, headers, body: bytes, seen: dict[str, int], *, max_age: int = MAX_AGE,
+                   now: float | None = None) -> str:
+    """"" when the request is authentic and fresh, else why not. ``seen`` maps the signatures
+    of requests already processed to their timestamps (pruned here; the caller adds one once
+    it has processed the request); the same code as in the README."""
+    timestamp = headers.get("X-Minerwatch-Timestamp", "")
+    sent = headers.get("X-Minerwatch-Signature", "")
+    if not timestamp.isdigit():
+        return "no timestamp"
+    expected = "sha256=" + hmac.new(secret, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(expected, sent):
+        return "bad signature"
+    now = time.time() if now is None else now
+    if abs(now - int(timestamp)) > max_age:
+        return "stale timestamp"
+    for old in [s for s, ts in seen.items() if now - ts > max_age]:
+        del seen[old]
+    if sent in seen:
+        return "replayed"
+    return ""
+
 
 @dataclass
 class Received:
@@ -46,6 +74,7 @@ class Received:
     status: int
     signature_ok: bool | None  # None: no secret configured
     alert: dict | None = None
+    refused: str = ""  # why a signed request was refused ("bad signature", "stale timestamp", "replayed"...)
 
 
 class _WebhookHandler(http.server.BaseHTTPRequestHandler):
@@ -60,16 +89,19 @@ class _WebhookHandler(http.server.BaseHTTPRequestHandler):
         body = self.rfile.read(length)
         if rx.delay:
             time.sleep(rx.delay)
-        ok = None
-        if rx.secret is not None:
-            expected = "sha256=" + hmac.new(rx.secret, body, hashlib.sha256).hexdigest()
-            ok = hmac.compare_digest(expected, self.headers.get("X-Minerwatch-Signature", ""))
-        status = rx._next_status(ok)
+        ok, refused = None, ""
+        with rx._cond:  # an RLock: check, answer and remember as one step (no two requests pass as one)
+            if rx.secret is not None:
+                refused = verify_webhook(rx.secret, self.headers, body, rx._seen, max_age=rx.max_age)
+                ok = not refused
+            status = 413 if rx.max_body is not None and len(body) > rx.max_body else rx._next_status(ok)
+            if ok and 200 <= status < 300:  # processed: from now on the same request is a replay
+                rx._seen[self.headers["X-Minerwatch-Signature"]] = int(self.headers["X-Minerwatch-Timestamp"])
         try:
             alert = json.loads(body)
         except ValueError:
             alert = None
-        rx._record(Received(body, dict(self.headers.items()), status, ok, alert))
+        rx._record(Received(body, dict(self.headers.items()), status, ok, alert, refused))
         self.send_response(status)
         self.send_header("Content-Length", "0")
         self.end_headers()
@@ -83,8 +115,11 @@ class _WebhookServer(http.server.ThreadingHTTPServer):
 
 class WebhookReceiver:
     def __init__(self, *, secret: bytes | None = None, port: int = 0, tls: bool = False,
-                 path: str = "/alerts", delay: float = 0.0) -> None:
+                 path: str = "/alerts", delay: float = 0.0, max_body: int | None = None,
+                 max_age: int = MAX_AGE) -> None:
         self.secret, self.port, self.tls, self.path, self.delay = secret, port, tls, path, delay
+        self.max_body, self.max_age = max_body, max_age
+        self._seen: dict[str, int] = {}  # signatures accepted (replay check)
         self.requests: list[Received] = []
         self.certfile: Path | None = None
         self._fail: list[int] = []
