@@ -10,8 +10,10 @@ new one (this checkout, or ``--new REV``), with the ratio new/old:
 - host as it is: the agent's CPU (percent of one core) and peak resident memory;
 - loaded: the same with ``--procs`` extra idle processes and ``--containers`` idle containers;
 - latency: p50/p95/max from ``docker run`` of a miner container to its alert line in the alert file.
-Each phase runs the old agent, then the new one, alone (one daemon at a time, a fresh one per
-phase, same load), so both see the same host. Alert lines are read without schema validation
+Each phase starts a fresh agent of each revision and runs them together: both are measured over
+the same seconds, and each miner start is timed to each agent's alert, so passing load from
+other work on the host hits both alike (each also sees the other as one more idle process).
+``--one-at-a-time`` runs them in turn instead (old, then new, per phase). Alert lines are read without schema validation
 (each revision has its own schema; the suite validates alerts).
 Targets (PRODUCT.md), checked on the new revision only: at most 1% of one core and 80 MiB
 resident; p95 start-to-alert <= 1 s. Exit code 1 when a target is missed.
@@ -55,74 +57,84 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
-def steady_state(agent: AgentProcess, settle: float, measure: float) -> tuple[float, float]:
-    """(CPU percent of one core, peak RSS MiB) of the agent over ``measure`` seconds after ``settle``."""
+def steady_state(agents: list[AgentProcess], settle: float, measure: float) -> list[tuple[float, float]]:
+    """Per agent, (CPU percent of one core, peak RSS MiB) over the same ``measure`` seconds after ``settle``."""
     time.sleep(settle)
-    pid = agent.proc.pid
-    c0, t0, peak = cpu_seconds(pid), time.monotonic(), 0.0
+    pids = [a.proc.pid for a in agents]
+    c0, t0, peak = [cpu_seconds(p) for p in pids], time.monotonic(), [0.0] * len(pids)
     while time.monotonic() - t0 < measure:
-        peak = max(peak, rss_mib(pid))
+        peak = [max(m, rss_mib(p)) for m, p in zip(peak, pids)]
         time.sleep(1)
-    return 100 * (cpu_seconds(pid) - c0) / (time.monotonic() - t0), peak
+    elapsed = time.monotonic() - t0
+    return [(100 * (cpu_seconds(p) - c) / elapsed, m) for p, c, m in zip(pids, c0, peak)]
 
 
-def wait_container_alert(agent: AgentProcess, container_id: str, timeout: float) -> None:
-    """Until the agent's alert file has a line about ``container_id`` (parsed, not validated)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if agent.alerts_path.exists():
-            for line in agent.alerts_path.read_text().splitlines():
-                try:
-                    if json.loads(line).get("container", {}).get("id") == container_id:
-                        return
-                except ValueError:
-                    continue  # a line being written
-        if agent.proc.poll() is not None:
-            raise AssertionError(f"agent exited with {agent.proc.returncode}:\n{agent.log()[-3000:]}")
-        time.sleep(0.05)
-    raise AssertionError(f"no alert for container {container_id[:12]} within {timeout} s\n{agent.log()[-3000:]}")
+def has_container_alert(agent: AgentProcess, container_id: str) -> bool:
+    """Whether the agent's alert file has a line about ``container_id`` (parsed, not validated)."""
+    if agent.alerts_path.exists():
+        for line in agent.alerts_path.read_text().splitlines():
+            try:
+                if json.loads(line).get("container", {}).get("id") == container_id:
+                    return True
+            except ValueError:
+                continue  # a line being written
+    if agent.proc.poll() is not None:
+        raise AssertionError(f"agent exited with {agent.proc.returncode}:\n{agent.log()[-3000:]}")
+    return False
 
 
-def start_to_alert(agent: AgentProcess, client, image: str, n: int) -> list[float]:
-    latencies = []
+def start_to_alert(agents: list[AgentProcess], client, image: str, n: int, timeout: float = 30.0) -> list[list[float]]:
+    """Per agent, sorted seconds from each ``docker run`` of a miner to that agent's alert about it."""
+    latencies: list[list[float]] = [[] for _ in agents]
     for _ in range(n):
         t0 = time.monotonic()
         c = containers.run_container(
             client, image, ["sh", "-c", f"fakepool 3333 & sleep 0.1; exec fakeminer -o "
                             f"stratum+tcp://127.0.0.1:3333 -u {TEST_WALLET} -t 0 --seconds 30"],
             name_prefix="mw-bench-miner", labels=LABEL)
-        wait_container_alert(agent, c.id, 30.0)
-        latencies.append(time.monotonic() - t0)
+        waiting = dict(enumerate(agents))
+        while waiting:
+            for i, agent in list(waiting.items()):
+                if has_container_alert(agent, c.id):
+                    latencies[i].append(time.monotonic() - t0)
+                    del waiting[i]
+            if waiting and time.monotonic() - t0 > timeout:
+                raise AssertionError(f"no alert for container {c.id[:12]} within {timeout} s\n"
+                                     + "\n".join(a.log()[-3000:] for a in waiting.values()))
+            time.sleep(0.02)  # the resolution of a latency
         containers.remove_container(client, c.id)
-    return latencies
+    return [sorted(lat) for lat in latencies]
 
 
 class Runs:
-    """One fresh agent per (tree, phase), each alone on the host while it is measured."""
+    """Fresh agents per phase: all trees' agents together on the same host load (default), or one
+    tree's agent at a time (``--one-at-a-time``: old, then new)."""
 
-    def __init__(self, work: Path) -> None:
+    def __init__(self, work: Path, trees: list[baseline.Tree], together: bool) -> None:
         self.work, self.n = work, 0
+        self.groups = [trees] if together else [[t] for t in trees]
 
-    def agent(self, tree: baseline.Tree) -> AgentProcess:
+    def _start(self, tree: baseline.Tree) -> AgentProcess:
         self.n += 1
         source = None if tree.root == baseline.REPO else tree.root
         return AgentProcess(self.work / f"agent-{self.n}-{tree.commit[:7]}", interval=5.0, source=source).start()
 
-    def steady(self, tree: baseline.Tree, settle: float, measure: float) -> tuple[float, float]:
-        agent = self.agent(tree)
-        try:
-            return steady_state(agent, settle, measure)
-        finally:
-            agent.stop()
-
-    def loaded(self, tree: baseline.Tree, settle: float, measure: float, client, image: str,
-               starts: int) -> tuple[float, float, list[float]]:
-        agent = self.agent(tree)
-        try:
-            cpu, rss = steady_state(agent, settle, measure)
-            return cpu, rss, sorted(start_to_alert(agent, client, image, starts))
-        finally:
-            agent.stop()
+    def phase(self, settle: float, measure: float, latency=None) -> list[tuple]:
+        """Per tree (in order), (CPU %, peak RSS MiB, sorted start-to-alert seconds or None).
+        ``latency``: (client, image, starts) to follow the steady state with miner starts."""
+        out: list[tuple] = []
+        for group in self.groups:
+            agents: list[AgentProcess] = []
+            try:
+                for tree in group:
+                    agents.append(self._start(tree))
+                steady = steady_state(agents, settle, measure)
+                lat = start_to_alert(agents, *latency) if latency else [None] * len(agents)
+                out += [(cpu, rss, la) for (cpu, rss), la in zip(steady, lat)]
+            finally:
+                for agent in agents:
+                    agent.stop()
+        return out
 
 
 def percentiles(lat: list[float]) -> tuple[float, float, float]:
@@ -136,27 +148,31 @@ def main() -> int:
     ap.add_argument("--starts", type=int, default=20)
     ap.add_argument("--settle", type=float, default=20)
     ap.add_argument("--measure", type=float, default=60)
+    ap.add_argument("--one-at-a-time", action="store_true",
+                    help="run one revision's agent at a time (old, then new, per phase) instead of both together")
     baseline.add_arguments(ap)
     args = ap.parse_args()
     old, new = baseline.trees_from_args(args)
     client = docker.from_env()
     image = images.build_base_image(client, build.build_helpers())
-    runs = Runs(Path(tempfile.mkdtemp(prefix="mw-bench-daemon-")))
-    trees = [t for t in (old, new) if t is not None]
+    trees = [t for t in (old, new) if t is not None]  # old first, then new
+    runs = Runs(Path(tempfile.mkdtemp(prefix="mw-bench-daemon-")), trees, together=not args.one_at_a_time)
     sleepers: list[subprocess.Popen] = []
     ok = True
-    print(f"old: {old.root if old else '-'}\nnew: {new.root}", flush=True)
+    print(f"old: {old.root if old else '-'}\nnew: {new.root}\n"
+          f"agents: {'one at a time' if args.one_at_a_time or not old else 'old and new together'}, "
+          f"a fresh one per phase", flush=True)
     table = baseline.Table(old, new)
     try:
         with containers.tracking_scope("bench-daemon"):
-            steady = [runs.steady(t, args.settle, args.measure) for t in trees]  # old first, then new
-            (o_cpu, o_rss), (cpu, rss) = (steady[0] if old else (None, None)), steady[-1]
+            steady = runs.phase(args.settle, args.measure)
+            (o_cpu, o_rss, _), (cpu, rss, _) = (steady[0] if old else (None, None, None)), steady[-1]
             table.row("host as it is: agent CPU % of one core", o_cpu, cpu, "{:.2f}")
             table.row("host as it is: agent peak RSS MiB", o_rss, rss, "{:.1f}")
             sleepers = [subprocess.Popen(["sleep", "3600"], stdin=subprocess.DEVNULL) for _ in range(args.procs)]
             for _ in range(args.containers):
                 containers.run_container(client, image, ["sleep", "3600"], name_prefix="mw-bench-idle", labels=LABEL)
-            loaded = [runs.loaded(t, args.settle, args.measure, client, image, args.starts) for t in trees]
+            loaded = runs.phase(args.settle, args.measure, (client, image, args.starts))
             (o_cpu, o_rss, o_lat), (cpu, rss, lat) = (loaded[0] if old else (None, None, None)), loaded[-1]
             hit_cpu, hit_rss = cpu <= CPU_TARGET_PCT, rss <= RSS_TARGET_MIB
             ok &= hit_cpu and hit_rss
