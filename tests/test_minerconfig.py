@@ -12,6 +12,8 @@ import time
 
 import pytest
 
+from tests.helpers import procs as procs_mod
+
 from agent.collectors.minerconfig import (
     MAX_CONFIG_BYTES,
     candidate_paths,
@@ -125,8 +127,27 @@ def test_config_args():
     """-c FILE, --config FILE and --config=FILE are found; multi-line code after -c is not."""
     assert config_args(["xmrig", "-c", "a.json", "--config=/b.json", "--config", "c.json"]) == [
         "a.json", "/b.json", "c.json"]
-    assert config_args(["python3", "-c", "import os\nos.system('x')"]) == []
+    assert config_args(["/opt/m/xmrig", "-c", "import os\nos.system('x')"]) == []
     assert config_args(["xmrig", "-c"]) == []
+
+
+@pytest.mark.parametrize("argv0, exe", [
+    ("sh", "/bin/dash"), ("bash", "/usr/bin/bash"), ("-bash", "/usr/bin/bash"), ("zsh", ""), ("ash", "/bin/busybox"), ("busybox", "/bin/busybox"),
+    ("sh", "/bin/busybox"), ("/usr/bin/python3", "/usr/bin/python3.11"), ("python", ""), ("pypy3", ""),
+    ("perl", "/usr/bin/perl5.36.0"), ("ruby", "/usr/bin/ruby3.1"), ("node", "/usr/bin/node"), ("php8.2", ""),
+    ("lua5.4", ""), ("luajit", ""), ("awk", "/usr/bin/gawk"), ("cron-job", "/usr/bin/bash"),  # argv0 renamed: exe counts
+])
+def test_shells_and_interpreters_name_no_config(argv0, exe):
+    """For a shell or an interpreter (by executable or argv[0] basename) neither -c nor --config is a config path."""
+    assert config_args([argv0, "-c", "config.json", "--config=/b.json", "--config", "c.json"], exe=exe) == []
+
+
+def test_short_c_only_when_the_caller_says_it_looks_like_a_miner():
+    """-c FILE is a config path only with short_c; --config FILE and --config=FILE always (not an interpreter)."""
+    assert config_args(["gcc", "-c", "main.c"], exe="/usr/bin/gcc", short_c=False) == []
+    assert config_args(["tool", "-c", "a", "--config", "b", "--config=c"], exe="/usr/bin/tool", short_c=False) == ["b", "c"]
+    assert config_args(["xmrig", "-c", "a"], exe="/opt/xmrig", short_c=True) == ["a"]
+    assert config_args(["sleep", "-c", "a"], exe="/bin/busybox") == ["a"]  # a busybox applet that is no shell
 
 
 def test_candidate_paths_order():
@@ -166,10 +187,14 @@ def procs():
         p.wait(timeout=10)
 
 
-def _find(pid: int, cmdline):
+def _find(pid: int, cmdline, exe: str = ""):
+    """find_miner_config on a real process; ``exe``/``cmdline`` may say what a miner would have (the
+    sleepers are python, whose own -c and --config are never config paths)."""
     cwd = os.readlink(f"/proc/{pid}/cwd")
-    exe = os.readlink(f"/proc/{pid}/exe")
+    exe = exe or os.readlink(f"/proc/{pid}/exe")
     return find_miner_config("/proc", pid, cmdline, cwd, exe)
+
+MINER = "/opt/m/xmrig"  # what the command line of a miner would say (nothing is read there)
 
 
 def test_finds_config_json_in_cwd(tmp_path, procs):
@@ -190,7 +215,8 @@ def test_finds_config_via_dash_c(tmp_path, procs):
     for flag in (["-c", "conf/pool.json"], [f"--config={tmp_path}/conf/pool.json"]):
         args = [sys.executable, str(script), *flag]
         p = procs(args, cwd=tmp_path)
-        cfg = _find(p.pid, args)
+        assert _find(p.pid, args) is None  # python's -c is code, its --config its script's
+        cfg = _find(p.pid, [MINER, *flag], exe=MINER)
         assert cfg is not None and cfg.pools == ("stratum+tcp://x.example:3333",)
         assert cfg.path == f"{tmp_path}/conf/pool.json"
 
@@ -238,7 +264,7 @@ def test_symlinked_config_out_of_root_is_refused(jail, procs):
     args = [sys.executable, "-c", CHROOT_SLEEPER, str(root), "/app", "-c", "/hostdir/evil.json"]
     p = procs(args)
     assert os.readlink(f"/proc/{p.pid}/root") == str(root)
-    assert _find(p.pid, args) is None
+    assert _find(p.pid, [MINER, "-c", "/hostdir/evil.json"], exe=MINER) is None
 
 
 def test_config_inside_chroot_is_read_in_its_view(jail, procs):
@@ -248,7 +274,7 @@ def test_config_inside_chroot_is_read_in_its_view(jail, procs):
     (root / "etc" / "m.json").write_text('{"url": "stratum+tcp://in.jail:3333", "user": "jailed"}')
     args = [sys.executable, "-c", CHROOT_SLEEPER, str(root), "/app", "-c", "/etc/m.json"]
     p = procs(args)
-    cfg = _find(p.pid, args)
+    cfg = _find(p.pid, [MINER, "-c", "/etc/m.json"], exe=MINER)
     assert cfg is not None and cfg.path == "/etc/m.json" and cfg.users == ("jailed",)
 
 
@@ -279,3 +305,51 @@ def test_vanished_process_raises(procs):
     p.wait()
     with pytest.raises(OSError):
         find_miner_config("/proc", p.pid, ["true"], "/", "/usr/bin/true")
+
+
+# --------------------------------------------------------------------------- planted configs, judged
+
+def _judged(pid: int):
+    from agent.collectors.snapshots import SnapshotCollector
+    from agent.config import Config
+    from agent.judge import Judge
+    from agent.signatures import load_bundle
+
+    cfg, sigs = Config(), load_bundle()
+    snap = SnapshotCollector(cfg, sigs).snapshot(pid)
+    assert snap is not None
+    return snap, Judge.from_config(cfg, sigs).process(snap, None, ())
+
+
+def test_a_config_planted_where_sh_dash_c_points_is_not_its_config(tmp_path, spawn):
+    """A real ``sh -c 'sleep 30; true'`` in a shared directory where someone planted a miner config named
+    like its -c argument (and a config.json): neither is its own, and it stays below medium."""
+    from agent.model import Severity
+
+    script = "sleep 30; true"  # "; true": the shell stays, it does not exec sleep
+    (tmp_path / script).write_text(json.dumps(XMRIG_CONFIG))
+    p = spawn(["sh", "-c", script], cwd=tmp_path)
+    procs_mod.wait_until(lambda: procs_mod.cmdline(p.pid) == ["sh", "-c", script], 5, 0.02, "sh started")
+    snap, found = _judged(p.pid)
+    assert snap.miner_config is None  # its -c is code: the planted file is never read as its config
+    (tmp_path / "config.json").write_text(json.dumps(XMRIG_CONFIG))
+    snap, found = _judged(p.pid)
+    assert snap.miner_config is not None and snap.miner_config.path == f"{tmp_path}/config.json"
+    assert found is None or found.severity < Severity.MEDIUM, found
+    assert all(not e.strong for e in (found.evidence if found else ()))
+
+
+def test_a_fake_miner_with_dash_c_still_has_its_config(tmp_path, spawn, helper_bins, fake_pool):
+    """``fakeminer -c conf/cfg.json`` (a miner by its strings and name): the config is its own, and it is high."""
+    from agent.model import Severity
+
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "cfg.json").write_text(json.dumps(
+        {**XMRIG_CONFIG, "pools": [{"url": fake_pool.url, "user": WALLET, "pass": "x"}]}))
+    p = spawn([helper_bins.fakeminer, "-c", "conf/cfg.json", "-t", "1", "--seconds", "30"], cwd=tmp_path)
+    procs_mod.wait_until(lambda: procs_mod.established_to(p.pid, fake_pool.port), 10, 0.05, "miner connected")
+    snap, found = _judged(p.pid)
+    assert snap.miner_config is not None and snap.miner_config.path == f"{tmp_path}/conf/cfg.json"
+    assert found is not None and found.severity >= Severity.HIGH, found
+    own = [e for e in found.evidence if e.signal == "config" and "names pool(s)" in e.detail]
+    assert own and own[0].strong and "working directory" not in own[0].detail, own

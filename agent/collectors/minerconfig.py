@@ -1,7 +1,8 @@
 """Find and parse a process's miner configuration (xmrig-style ``config.json``).
 
 Where a miner looks for its config, we look: the file named by ``-c FILE`` /
-``--config FILE`` / ``--config=FILE`` (relative to the working directory), then
+``--config FILE`` / ``--config=FILE`` (relative to the working directory; never for a shell or
+an interpreter, whose ``-c`` is code), then
 ``config.json``, ``xmrig.json``, ``.xmrig.json`` and ``config.jsonc`` in the working
 directory and next to the executable.
 
@@ -164,10 +165,13 @@ def parse_miner_config(text: str | bytes, path: str = "") -> MinerConfig | None:
     return None
 
 
-def explicit_paths(cmdline: Sequence[str], cwd: str) -> list[tuple[str, str]]:
-    """The config files a command line names, as ``(base, path)`` (see ``candidate_paths``)."""
+def explicit_paths(cmdline: Sequence[str], cwd: str, exe: str = "") -> list[tuple[str, str]]:
+    """The config files a command line names, as ``(base, path)`` (see ``candidate_paths``); none for a
+    shell or an interpreter (``miner_args.config_args``: their ``-c`` is code, not a file). Here the
+    short ``-c`` counts for every other program: reading it is harmless, and whether the config is the
+    process's own is the detector's call, where names, hashes and YARA hits are known."""
     out: list[tuple[str, str]] = []
-    for value in config_args(cmdline):
+    for value in config_args(cmdline, exe=exe):
         if value.startswith("/"):
             out.append(("root", posixpath.normpath(value)))
         elif ".." in value.split("/"):
@@ -185,7 +189,7 @@ def candidate_paths(cmdline: Sequence[str], cwd: str, exe: str) -> list[tuple[st
     ``/proc/PID/cwd``) or ``"root"`` for an absolute path in the process's view (read
     beneath ``/proc/PID/root``).
     """
-    out = explicit_paths(cmdline, cwd)
+    out = explicit_paths(cmdline, cwd, exe)
     out.extend(("cwd", name) for name in CONFIG_NAMES)
     if exe.startswith("/"):
         exe_dir = posixpath.dirname(exe)
@@ -239,7 +243,7 @@ def find_miner_config(proc_root, pid: int, cmdline: Sequence[str], cwd: str, exe
     dirs: dict[tuple[str, str], int | None] = {}
     dir_keys: dict[tuple[str, str], DirKey] = {}
     misses: dict[tuple[str, str], int] = {}
-    explicit = set(explicit_paths(cmdline, cwd))
+    explicit = set(explicit_paths(cmdline, cwd, exe))
     denied: OSError | None = None
 
     def base_fd(base: str) -> int:

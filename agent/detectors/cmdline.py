@@ -48,10 +48,20 @@ def _command_line(proc: ProcessSnapshot, ctx: Context) -> list[Evidence]:
     return out
 
 
-def _config_is_its_own(proc: ProcessSnapshot, path: str) -> bool:
-    """Named by -c/--config, or next to the executable: the process loads it. A config that merely
-    sits in the working directory may belong to someone else (a shell, an admin looking at it)."""
-    named = {posixpath.normpath(posixpath.join(proc.cwd or "/", arg)) for arg in config_args(proc.cmdline)}
+def _looks_like_a_miner(proc: ProcessSnapshot, ctx: Context) -> bool:
+    """By name, by a known hash or by a miner YARA rule: the facts that make ``-c FILE`` a miner's config."""
+    if _names(proc, ctx) or any(h.category == "miner" for h in proc.yara):
+        return True
+    return proc.hashes is not None and any(
+        getattr(proc.hashes, algo) in ctx.signatures.hashes for algo in ("sha256", "sha1", "md5"))
+
+
+def _config_is_its_own(proc: ProcessSnapshot, path: str, ctx: Context) -> bool:
+    """Named by --config (any program but a shell or an interpreter), by -c (only one that looks like a miner:
+    ``sh -c NAME``, ``gcc -c NAME`` name no config), or next to the executable: the process loads it. A config
+    that merely sits in the working directory may belong to someone else (a shell, an admin looking at it)."""
+    args = config_args(proc.cmdline, exe=proc.exe, short_c=_looks_like_a_miner(proc, ctx))
+    named = {posixpath.normpath(posixpath.join(proc.cwd or "/", arg)) for arg in args}
     if path in named:
         return True
     return bool(proc.exe) and posixpath.dirname(path) == posixpath.dirname(proc.exe)
@@ -61,7 +71,7 @@ def _config(proc: ProcessSnapshot, ctx: Context) -> list[Evidence]:
     cfg = proc.miner_config
     if cfg is None:
         return []
-    own = _config_is_its_own(proc, cfg.path)
+    own = _config_is_its_own(proc, cfg.path, ctx)
     where = "" if own else " in its working directory"
     out: list[Evidence] = []
     if cfg.pools:
@@ -70,8 +80,8 @@ def _config(proc: ProcessSnapshot, ctx: Context) -> list[Evidence]:
         for url in clip_items(cfg.pools):
             ep = parse_endpoint(url)
             if ep and (entry := ctx.signatures.pool_domain(ep[0])):
-                out.append(Evidence("config", f"known pool domain {ep[0]} in {cfg.path}; source: {entry.source}", 40, _RULE,
-                                    destination=("", ep[1], ep[0])))
+                out.append(Evidence("config", f"known pool domain {ep[0]} in {cfg.path}{where}; source: {entry.source}",
+                                    40 if own else 5, _RULE, strong=own, destination=("", ep[1], ep[0])))
                 break
     elif cfg.keys:
         out.append(Evidence("config", f"miner config {cfg.path}{where} has miner keys {', '.join(cfg.keys)}",
