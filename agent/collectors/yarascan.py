@@ -13,21 +13,32 @@ buffer: data, not strings) gives only its head, and one scan reads at most
 ``MemoryLimits.total_bytes``. The regions are joined, zero-separated, into one buffer that
 is matched once with the external ``mw_memory_scan`` set, so "N of them" counts strings
 across regions as a whole-process scan would.
+
+A memory scan never blocks the worker: the plan and the reads happen in a helper process
+(``agent.collectors.memread``), which skips mappings on FUSE and network file systems and
+device mappings, and is killed when it misses ``MemoryLimits.deadline_s``: counted
+(``memory_stats()["timeouts"]``), logged, and that process is not memory-scanned again.
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import os
+import selectors
+import subprocess
+import sys
 import threading
+import time
 from collections import OrderedDict
-from dataclasses import dataclass
 
 import structlog
 import yara
 
+from agent.collectors import memread
 from agent.collectors.confined import Refused, open_regular
 from agent.collectors.hashing import cache_key
+from agent.collectors.memread import MemoryLimits, plan_regions  # noqa: F401  (plan_regions: re-exported)
 from agent.collectors.procread import parse_stat, read_once
 from agent.model import YaraHit
 from agent.signatures import YARA_MEMORY_EXTERNAL
@@ -71,103 +82,6 @@ def _read_head(fd: int, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-@dataclass(frozen=True, slots=True)
-class MemoryLimits:
-    """How much of a process's memory one scan may read."""
-
-    region_bytes: int = 64 << 20  # a mapping up to this size is read whole (a larger exe/heap: this much)
-    head_bytes: int = 1 << 20  # of any other larger mapping only this head is read
-    total_bytes: int = 256 << 20  # all regions of one scan together
-
-
-@dataclass(frozen=True, slots=True)
-class _Region:
-    start: int
-    length: int  # bytes to read from start (already capped)
-    rank: int  # 0 is read first
-
-
-_PAGE = os.sysconf("SC_PAGE_SIZE")
-_GAP = 16  # zero bytes before each region, so a string never spans two regions
-_CHUNK = 4 << 20
-_MAX_BAD_PAGES = 64  # unreadable pages in one region before the rest of it is given up
-_SKIP_NAMES = ("[vvar", "[vsyscall]", "[vdso]", "[uprobes]")
-# Read-only mappings of these files are the installed packages' bytes: not read.
-_SYSTEM_DIRS = ("/lib/", "/lib32/", "/lib64/", "/usr/lib/", "/usr/lib32/", "/usr/lib64/", "/usr/share/")
-
-
-def _rank(perms: str, path: str, exe: str | None) -> int | None:
-    """Reading order of one mapping, or None to skip it (unreadable, shared, kernel, device, system)."""
-    if perms[0] != "r" or perms[3] != "p" or path.startswith(_SKIP_NAMES):
-        return None
-    if exe is not None and path == exe:
-        return 0
-    if path == "[heap]":
-        return 1
-    if not path or path.startswith(("[stack", "[anon")):
-        return 2
-    if path.startswith("/dev/") and not path.startswith("/dev/zero"):
-        return None
-    if perms[1] == "w":
-        return 3  # a library's data segment, a private writable file mapping
-    return None if path.startswith(_SYSTEM_DIRS) else 4
-
-
-def plan_regions(maps: str, exe: str | None, limits: MemoryLimits) -> tuple[list[_Region], int, int]:
-    """Choose what to read from a ``/proc/PID/maps`` text: (regions, skipped, truncated).
-
-    ``exe`` is the ``/proc/PID/exe`` link text: mappings of that path are the program itself.
-    """
-    candidates, skipped = [], 0
-    for line in maps.splitlines():
-        fields = line.split(maxsplit=5)
-        if len(fields) < 5:
-            continue
-        start, _, end = fields[0].partition("-")
-        lo, hi = int(start, 16), int(end, 16)
-        rank = _rank(fields[1], fields[5] if len(fields) > 5 else "", exe)
-        if rank is None or hi >= 1 << 63:
-            skipped += fields[1][0] == "r"
-            continue
-        candidates.append((rank, hi - lo, lo))
-    regions, truncated, left = [], 0, limits.total_bytes
-    for rank, size, lo in sorted(candidates):
-        # The program's own segments and its heap hold its strings: read up to region_bytes of
-        # them; of any other large mapping (a dataset, a cache, a buffer) only the head.
-        length = size if size <= limits.region_bytes else limits.region_bytes if rank <= 1 else limits.head_bytes
-        length = min(length, left)
-        if length <= 0:
-            skipped += 1
-            continue
-        truncated += length < size
-        regions.append(_Region(lo, length, rank))
-        left -= length
-    return regions, skipped, truncated
-
-
-def _read_region(fd: int, view: memoryview, address: int) -> tuple[int, int]:
-    """Fill ``view`` from ``address`` of an open ``/proc/PID/mem``: (bytes read, unreadable pages).
-
-    An unreadable page (EIO/EFAULT: a hole, a guard page, a file mapping past its end) stays
-    zero and reading goes on past it; a process that has exited reads as empty.
-    """
-    done = got_total = bad = 0
-    while done < len(view) and bad <= _MAX_BAD_PAGES:
-        try:
-            got = os.preadv(fd, [view[done:done + _CHUNK]], address + done)
-        except OSError as exc:
-            if exc.errno not in (errno.EIO, errno.EFAULT):
-                raise
-            bad += 1
-            done += _PAGE - (address + done) % _PAGE
-            continue
-        if got == 0:
-            break
-        done += got
-        got_total += got
-    return got_total, bad
-
-
 class _Vanished(OSError):
     """The PID now names another process (or none)."""
 
@@ -187,7 +101,10 @@ class YaraScanner:
         self.scanned = 0
         self.errors = 0
         self._memory = dict.fromkeys(
-            ("scans", "bytes", "regions", "regions_skipped", "regions_truncated", "unreadable_pages", "errors"), 0)
+            ("scans", "bytes", "regions", "regions_skipped", "regions_truncated", "regions_unsafe_fs",
+             "regions_device", "unreadable_pages", "errors", "timeouts", "skipped_timed_out", "skipped_stuck"), 0)
+        self._stuck: list[subprocess.Popen] = []  # killed helpers the kernel has not let go yet
+        self._timed_out: OrderedDict[tuple[int, int], None] = OrderedDict()  # (pid, start ticks)
 
     def scan_process_exe(self, proc_root: str, pid: int) -> tuple[YaraHit, ...]:
         """YARA hits for a process's executable, read through the ``/proc/PID/exe`` magic link."""
@@ -240,7 +157,10 @@ class YaraScanner:
             data, counts = self._read_memory(pid)
             hits = hits_from_matches(
                 self.rules.match(data=data, externals={YARA_MEMORY_EXTERNAL: True}, timeout=self.timeout), "memory")
-        except (OSError, ValueError, IndexError, yara.Error) as exc:  # gone, denied, odd /proc text, timeout
+        except _Skipped as exc:  # counted where it happened; the worker goes on
+            log.debug("yara_memory_skipped", pid=pid, reason=str(exc))
+            return ()
+        except (OSError, ValueError, IndexError, KeyError, yara.Error) as exc:  # gone, denied, odd text, timeout
             with self._lock:
                 self.errors += 1
                 self._memory["errors"] += 1
@@ -258,30 +178,99 @@ class YaraScanner:
             return dict(self._memory)
 
     def _read_memory(self, pid: int) -> tuple[bytearray, dict[str, int]]:
-        """The chosen regions of ``pid``'s memory joined into one buffer, and what it took."""
-        base = f"{self.proc_root}/{pid}"
-        born = parse_stat(read_once(f"{base}/stat")).start_ticks  # with the PID, names one process for its lifetime
-        fd = os.open(f"{base}/mem", os.O_RDONLY | os.O_CLOEXEC)
+        """The chosen regions of ``pid``'s memory joined into one buffer, and what it took.
+
+        Read by a helper process (``memread``) under ``memory_limits.deadline_s``: one that
+        does not finish in time is killed, counted (``timeouts``) and logged, and that process
+        is not scanned again; a helper the kernel will not let die yet is reaped later.
+        """
+        born = parse_stat(read_once(f"{self.proc_root}/{pid}/stat")).start_ticks
+        with self._lock:
+            self._stuck = [p for p in self._stuck if p.poll() is None]
+            stuck, timed_out = len(self._stuck), (pid, born) in self._timed_out
+        if timed_out or stuck >= MAX_STUCK_HELPERS:
+            with self._lock:
+                self._memory["skipped_timed_out" if timed_out else "skipped_stuck"] += 1
+            raise _Skipped(errno.EBUSY, "timed out before" if timed_out else f"{stuck} helpers still stuck")
+        limits = self.memory_limits
+        argv = [sys.executable, "-I", "-S", memread.__file__, self.proc_root, str(pid), str(limits.region_bytes),
+                str(limits.head_bytes), str(limits.total_bytes), ",".join(limits.unsafe_fs)]
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                close_fds=True)
         try:
-            with open(f"{base}/maps", encoding="utf-8", errors="surrogateescape") as f:
-                maps = f.read()
+            out = _collect(proc, limits.deadline_s)
+        except TimeoutError:
+            proc.kill()
             try:
-                exe = os.readlink(f"{base}/exe")
-            except OSError:  # a kernel thread or a zombie: no executable to recognise
-                exe = None
-            if parse_stat(read_once(f"{base}/stat")).start_ticks != born:
-                raise _Vanished(errno.ESRCH, f"pid {pid} was reused")
-            # fd and maps belong to the process born at ``born``; the mem fd keeps reading
-            # that process's memory (or nothing, once it exits) whatever the PID names later.
-            regions, skipped, truncated = plan_regions(maps, exe, self.memory_limits)
-            data = bytearray(sum(_GAP + r.length for r in regions))
-            view, at, read, bad = memoryview(data), 0, 0, 0
-            for region in regions:
-                at += _GAP
-                got, unreadable = _read_region(fd, view[at:at + region.length], region.start)
-                at += region.length
-                read, bad = read + got, bad + unreadable
+                proc.wait(KILL_WAIT_S)
+            except subprocess.TimeoutExpired:  # in an uninterruptible wait: reaped by a later scan
+                with self._lock:
+                    self._stuck.append(proc)
+            with self._lock:
+                self._memory["timeouts"] += 1
+                self._timed_out[(pid, born)] = None
+                while len(self._timed_out) > _CACHE_MAX:
+                    self._timed_out.popitem(last=False)
+            log.warning("yara_memory_timeout", pid=pid, deadline_s=limits.deadline_s,
+                        reaped=proc.returncode is not None)
+            raise _Skipped(errno.ETIMEDOUT, f"memory of pid {pid} not read within {limits.deadline_s} s") from None
         finally:
-            os.close(fd)
-        return data, {"bytes": read, "regions": len(regions), "regions_skipped": skipped,
-                      "regions_truncated": truncated, "unreadable_pages": bad}
+            for pipe in (proc.stdout, proc.stderr):
+                pipe.close()
+        return out
+
+
+MAX_STUCK_HELPERS = 4  # killed helpers not reaped yet; past this, memory scans wait (counted)
+KILL_WAIT_S = 1.0
+
+
+class _Skipped(OSError):
+    """The memory scan was not done (timed out now or before, too many stuck helpers): counted apart."""
+
+
+def _collect(proc: subprocess.Popen, deadline_s: float) -> tuple[bytearray, dict[str, int]]:
+    """Read a memread helper's output (see its docstring) within ``deadline_s``; ``TimeoutError`` past it."""
+    end = time.monotonic() + deadline_s
+    out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
+    head, data, tail, err = bytearray(), None, bytearray(), bytearray()
+    at, open_fds = 0, {out_fd, err_fd}
+    with selectors.DefaultSelector() as sel:
+        for fd in open_fds:
+            sel.register(fd, selectors.EVENT_READ)
+        while open_fds:
+            left = end - time.monotonic()
+            if left <= 0:
+                raise TimeoutError
+            for key, _ in sel.select(left):
+                fd = key.fd
+                if fd == err_fd:
+                    chunk = os.read(fd, 4096)
+                    err += chunk[:4096 - len(err)]
+                elif data is None:
+                    chunk = os.read(fd, 4096)
+                    head += chunk
+                    if b"\n" in head:
+                        line, _, rest = bytes(head).partition(b"\n")
+                        info = json.loads(line)
+                        data = bytearray(info["size"])
+                        n = min(len(rest), len(data))
+                        data[:n], at = rest[:n], n
+                        tail += rest[n:]
+                elif at < len(data):
+                    n = os.readv(fd, [memoryview(data)[at:]])
+                    at += n
+                    chunk = b"." * bool(n)
+                else:
+                    chunk = os.read(fd, 4096)
+                    tail += chunk
+                if not chunk:
+                    sel.unregister(fd)
+                    open_fds.discard(fd)
+        code = proc.wait(max(end - time.monotonic(), 0.001))  # output ended: it is exiting
+    if code != 0 or data is None or at < len(data) or b"\n" not in tail:
+        num, _, msg = err.decode("utf-8", "replace").partition(":")
+        err_no = int(num) if num.isdigit() else errno.EIO
+        raise _Vanished(err_no, msg.strip()) if code == 3 else OSError(err_no, msg.strip() or f"memread exit {code}")
+    counts = {k: v for k, v in info.items() if k != "size"}
+    counts.update(json.loads(bytes(tail).partition(b"\n")[0]))
+    return data, counts

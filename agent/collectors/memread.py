@@ -1,0 +1,238 @@
+"""Read the string-bearing regions of a process's memory: the plan, and the helper process that reads.
+
+Imports nothing of ours (standard library only): ``YaraScanner.scan_memory`` runs this file as
+a separate process (``python -I -S memread.py ...``) and reads its output with a deadline, so
+a read of ``/proc/PID/mem`` that never returns (a page of a file on a FUSE mount whose server
+never answers READ, an NFS server gone away) stalls only this helper, which is killed, never
+the worker. A thread would not do: a thread stuck in the kernel can be neither killed nor
+abandoned without leaking it for good; a process is reaped once the kernel lets it go.
+
+Before anything is read, each file mapping's filesystem is looked up by its device number in
+the process's own ``/proc/PID/mountinfo`` (text from procfs: it touches no file system), and
+mappings on FUSE and network file systems are skipped; the remaining file mappings are
+``stat``-ed through ``/proc/PID/map_files`` (in the helper, so even that cannot stall the
+worker) and anything that is not a regular file (a device) is skipped.
+
+Output on stdout: a JSON header line (``size`` and the plan's counts), ``size`` bytes (the
+regions, each after ``GAP`` zero bytes), a JSON trailer line (bytes read, unreadable pages).
+Exit status 3: the PID names no process (or another one); 4: another error (on stderr).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import stat
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+# File systems whose pages may never arrive: a mapping on one of these (by type prefix) is not read.
+UNSAFE_FS = ("fuse", "nfs", "cifs", "smb", "9p", "ceph", "glusterfs", "afs", "virtiofs", "lustre", "gfs2",
+             "ocfs2", "orangefs", "coda", "ncp", "devtmpfs")
+GAP = 16  # zero bytes before each region, so a string never spans two regions
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+_CHUNK = 4 << 20
+_MAX_BAD_PAGES = 64  # unreadable pages in one region before the rest of it is given up
+_SKIP_NAMES = ("[vvar", "[vsyscall]", "[vdso]", "[uprobes]")
+# Read-only mappings of these files are the installed packages' bytes: not read.
+_SYSTEM_DIRS = ("/lib/", "/lib32/", "/lib64/", "/usr/lib/", "/usr/lib32/", "/usr/lib64/", "/usr/share/")
+_DEV_ZERO = os.makedev(1, 5)  # a private /dev/zero mapping is anonymous memory
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryLimits:
+    """How much of a process's memory one scan may read, and how long it may take."""
+
+    region_bytes: int = 64 << 20  # a mapping up to this size is read whole (a larger exe/heap: this much)
+    head_bytes: int = 1 << 20  # of any other larger mapping only this head is read
+    total_bytes: int = 256 << 20  # all regions of one scan together
+    deadline_s: float = 20.0  # the helper reading them is killed after this long
+    unsafe_fs: tuple[str, ...] = UNSAFE_FS  # mappings on file systems of these types are not read
+
+
+@dataclass(frozen=True, slots=True)
+class Region:
+    start: int
+    length: int  # bytes to read from start (already capped)
+    rank: int  # 0 is read first
+
+
+def _rank(perms: str, path: str, exe: str | None) -> int | None:
+    """Reading order of one mapping, or None to skip it (unreadable, shared, kernel, device, system)."""
+    if perms[0] != "r" or perms[3] != "p" or path.startswith(_SKIP_NAMES):
+        return None
+    if exe is not None and path == exe:
+        return 0
+    if path == "[heap]":
+        return 1
+    if not path or path.startswith(("[stack", "[anon")):
+        return 2
+    if path.startswith("/dev/") and not path.startswith("/dev/zero"):
+        return None
+    if perms[1] == "w":
+        return 3  # a library's data segment, a private writable file mapping
+    return None if path.startswith(_SYSTEM_DIRS) else 4
+
+
+# skip(lo, hi, dev, inode, path) -> True when this file mapping must not be read
+Skip = Callable[[int, int, str, str, str], bool]
+
+
+def plan_regions(maps: str, exe: str | None, limits: MemoryLimits,
+                 skip: Skip | None = None) -> tuple[list[Region], int, int]:
+    """Choose what to read from a ``/proc/PID/maps`` text: (regions, skipped, truncated).
+
+    ``exe`` is the ``/proc/PID/exe`` link text: mappings of that path are the program itself.
+    ``skip`` is asked about every file mapping (inode not 0) that would otherwise be read.
+    """
+    candidates, skipped = [], 0
+    for line in maps.splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) < 5:
+            continue
+        start, _, end = fields[0].partition("-")
+        lo, hi = int(start, 16), int(end, 16)
+        path = fields[5] if len(fields) > 5 else ""
+        rank = _rank(fields[1], path, exe)
+        if rank is not None and skip is not None and fields[4] != "0" and skip(lo, hi, fields[3], fields[4], path):
+            rank = None
+        if rank is None or hi >= 1 << 63:
+            skipped += fields[1][0] == "r"
+            continue
+        candidates.append((rank, hi - lo, lo))
+    regions, truncated, left = [], 0, limits.total_bytes
+    for rank, size, lo in sorted(candidates):
+        # The program's own segments and its heap hold its strings: read up to region_bytes of
+        # them; of any other large mapping (a dataset, a cache, a buffer) only the head.
+        length = size if size <= limits.region_bytes else limits.region_bytes if rank <= 1 else limits.head_bytes
+        length = min(length, left)
+        if length <= 0:
+            skipped += 1
+            continue
+        truncated += length < size
+        regions.append(Region(lo, length, rank))
+        left -= length
+    return regions, skipped, truncated
+
+
+def read_region(fd: int, view: memoryview, address: int) -> tuple[int, int]:
+    """Fill ``view`` from ``address`` of an open ``/proc/PID/mem``: (bytes read, unreadable pages).
+
+    An unreadable page (EIO/EFAULT: a hole, a guard page, a file mapping past its end) stays
+    zero and reading goes on past it; a process that has exited reads as empty.
+    """
+    done = got_total = bad = 0
+    while done < len(view) and bad <= _MAX_BAD_PAGES:
+        try:
+            got = os.preadv(fd, [view[done:done + _CHUNK]], address + done)
+        except OSError as exc:
+            if exc.errno not in (errno.EIO, errno.EFAULT):
+                raise
+            bad += 1
+            done += _PAGE - (address + done) % _PAGE
+            continue
+        if got == 0:
+            break
+        done += got
+        got_total += got
+    return got_total, bad
+
+
+def mount_types(mountinfo: str) -> dict[tuple[int, int], str]:
+    """(major, minor) -> file system type, from a ``/proc/PID/mountinfo`` text."""
+    out = {}
+    for line in mountinfo.splitlines():
+        left, sep, right = line.partition(" - ")
+        fields, rest = left.split(), right.split()
+        if not sep or len(fields) < 3 or not rest:
+            continue
+        major, _, minor = fields[2].partition(":")
+        if major.isdigit() and minor.isdigit():
+            out.setdefault((int(major), int(minor)), rest[0])
+    return out
+
+
+class FsCheck:
+    """The ``skip`` of ``plan_regions`` in the helper: unsafe file systems by mountinfo, then non-regular files."""
+
+    def __init__(self, base: str, types: dict[tuple[int, int], str], unsafe: tuple[str, ...]) -> None:
+        self.base, self.types, self.unsafe = base, types, unsafe
+        self.unsafe_fs = self.devices = 0
+
+    def __call__(self, lo: int, hi: int, dev: str, inode: str, path: str) -> bool:
+        major, _, minor = dev.partition(":")
+        try:
+            fstype = self.types.get((int(major, 16), int(minor, 16)), "")
+        except ValueError:
+            fstype = ""
+        if fstype.startswith(self.unsafe):
+            self.unsafe_fs += 1
+            return True
+        try:  # follows the mapping to its file; stat opens nothing (a device's open is never called)
+            st = os.stat(f"{self.base}/map_files/{lo:x}-{hi:x}")
+        except OSError:  # no CAP_SYS_ADMIN, or gone: the path rules of _rank stand
+            return False
+        if stat.S_ISREG(st.st_mode) or (stat.S_ISCHR(st.st_mode) and st.st_rdev == _DEV_ZERO):
+            return False
+        self.devices += 1
+        return True
+
+
+def _start_ticks(base: str) -> int:
+    with open(f"{base}/stat", "rb") as f:
+        text = f.read()
+    return int(text[text.rindex(b")") + 2:].split()[19])
+
+
+def _read(path: str) -> str:
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
+        return f.read()
+
+
+def main(argv: list[str]) -> int:
+    """``memread.py PROC_ROOT PID REGION_BYTES HEAD_BYTES TOTAL_BYTES UNSAFE,FS,TYPES``"""
+    proc_root, pid = argv[0], int(argv[1])
+    limits = MemoryLimits(int(argv[2]), int(argv[3]), int(argv[4]),
+                          unsafe_fs=tuple(t for t in argv[5].split(",") if t))
+    base = f"{proc_root}/{pid}"
+    out = sys.stdout.buffer
+    try:
+        born = _start_ticks(base)
+        fd = os.open(f"{base}/mem", os.O_RDONLY | os.O_CLOEXEC)
+        maps = _read(f"{base}/maps")
+        try:
+            mountinfo = _read(f"{base}/mountinfo")
+        except OSError:  # then only the stat through map_files (here, under the deadline) decides
+            mountinfo = ""
+        try:
+            exe = os.readlink(f"{base}/exe")
+        except OSError:  # a kernel thread or a zombie: no executable to recognise
+            exe = None
+        if _start_ticks(base) != born:
+            raise OSError(errno.ESRCH, f"pid {pid} was reused")
+        check = FsCheck(base, mount_types(mountinfo), limits.unsafe_fs)
+        regions, skipped, truncated = plan_regions(maps, exe, limits, check)
+        size = sum(GAP + r.length for r in regions)
+        out.write(json.dumps({"size": size, "regions": len(regions), "regions_skipped": skipped,
+                              "regions_truncated": truncated, "regions_unsafe_fs": check.unsafe_fs,
+                              "regions_device": check.devices}).encode() + b"\n")
+        read = bad = 0
+        gap = bytes(GAP)
+        for region in regions:
+            buf = bytearray(region.length)
+            got, unreadable = read_region(fd, memoryview(buf), region.start)
+            read, bad = read + got, bad + unreadable
+            out.write(gap)
+            out.write(buf)
+        out.write(json.dumps({"bytes": read, "unreadable_pages": bad}).encode() + b"\n")
+        out.flush()
+    except OSError as exc:
+        sys.stderr.write(f"{exc.errno or 0}:{exc}\n")
+        return 3 if exc.errno in (errno.ESRCH, errno.ENOENT) else 4
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
