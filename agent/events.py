@@ -11,6 +11,8 @@ import threading
 from collections import Counter
 from dataclasses import dataclass
 
+from agent.model import FileSnapshot, YaraHit
+
 
 @dataclass(frozen=True, slots=True)
 class ExecEvent:
@@ -44,7 +46,32 @@ class Reload:
     """SIGHUP: the worker loads config and signatures again (put by the main thread)."""
 
 
-Event = ExecEvent | ContainerEvent | FileEvent | Reload
+@dataclass(frozen=True, slots=True)
+class FileScanned:
+    """The bulk lane inspected a file event: its snapshot (hashes, YARA) for the worker to judge."""
+
+    event: FileEvent
+    snap: FileSnapshot
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryScan:
+    """The worker asks the bulk lane for a memory scan of one process (identified by its start time)."""
+
+    pid: int
+    start_ticks: int
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryScanned:
+    """The bulk lane's answer: the YARA hits in that process's memory (empty: nothing, or it could not be read)."""
+
+    pid: int
+    start_ticks: int
+    hits: tuple[YaraHit, ...] = ()
+
+
+Event = ExecEvent | ContainerEvent | FileEvent | Reload | FileScanned | MemoryScan | MemoryScanned
 
 
 class EventQueue:
@@ -60,6 +87,19 @@ class EventQueue:
         kind = type(event).__name__
         try:
             self._q.put_nowait(event)
+        except queue.Full:
+            with self._lock:
+                self.dropped[kind] += 1
+            return False
+        with self._lock:
+            self.accepted[kind] += 1
+        return True
+
+    def put_wait(self, event: Event, timeout: float) -> bool:
+        """For internal producers that may wait (the bulk lane handing back results): blocks up to ``timeout``."""
+        kind = type(event).__name__
+        try:
+            self._q.put(event, timeout=timeout)
         except queue.Full:
             with self._lock:
                 self.dropped[kind] += 1

@@ -90,7 +90,7 @@ def test_unit_is_a_hardened_notify_daemon():
     s = _unit_settings(UNIT)
     expected = {
         "Type": "notify", "NotifyAccess": "main", "ExecStart": "/usr/bin/minerwatch run",
-        "ExecReload": "/bin/kill -HUP $MAINPID", "WatchdogSec": "30", "Restart": "on-failure",
+        "ExecReload": "/bin/kill -HUP $MAINPID", "WatchdogSec": "30", "Restart": "always",
         "NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "read-only",
         "StateDirectory": "minerwatch", "StateDirectoryMode": "0700", "LogsDirectory": "minerwatch",
         "LogsDirectoryMode": "0750", "SystemCallArchitectures": "native", "UMask": "0077",

@@ -19,11 +19,12 @@ from agent.collectors.file_inspector import FileInspector
 from agent.collectors.snapshots import SnapshotCollector
 from agent.config import from_dict
 from agent.daemon.behaviour import BehaviourModel
+from agent.daemon.bulk import BulkLane, UseRules
 from agent.daemon.containers import ContainerRegistry
 from agent.daemon.emitter import Emitter
 from agent.daemon.tracker import ProcessTracker
 from agent.daemon.worker import Parts, Worker, WorkerStats
-from agent.events import ContainerEvent, EventQueue, ExecEvent, FileEvent, Reload
+from agent.events import ContainerEvent, EventQueue, ExecEvent, FileEvent, FileScanned, MemoryScan, MemoryScanned, Reload
 from agent.judge import Judge
 from agent.model import ContainerInfo, Finding, ProcessSnapshot, Severity
 from agent.signatures import load_bundle
@@ -127,12 +128,17 @@ class Rig:
         self.responder = FakeResponder()
         self.alerts = FakeAlerts()
         self.queue = EventQueue(100)
+        self.bulk_inbox = EventQueue(100)
         self.stats = WorkerStats()
         snapshots = SnapshotCollector(self.cfg, self.sig)
         judge = Judge.from_config(self.cfg, self.sig)
+        # The bulk lane is real but not started: tests run its work with bulk.handle() where they need it.
+        self.bulk = BulkLane(self.bulk_inbox, self.queue,
+                             FileInspector(snapshots.hash_cache, snapshots.yara_scanner(), snapshots.max_bytes),
+                             snapshots.yara_scanner())
         self.parts = Parts(
             snapshots=snapshots,
-            files=FileInspector(snapshots.hash_cache, snapshots.yara, snapshots.max_bytes),
+            bulk=self.bulk,
             file_watcher=self.watcher,
             containers=ContainerRegistry(self.docker, judge, self.watcher),
             tracker=ProcessTracker(max_tracked=max_tracked),
@@ -158,7 +164,10 @@ class Rig:
 def start_miner(spawn, helper_bins, fake_pool):
     p = spawn([helper_bins.fakeminer, "-o", fake_pool.hostport, "-t", "1", "--seconds", "60"],
               stderr=open(os.devnull, "wb"), stdout=open(os.devnull, "wb"))
-    procs.wait_until(lambda: procs.exe(p.pid).endswith("fakeminer"), 10, 0.02, "the miner exec'd")
+    # The exe link changes before the new argv is in place: wait for both (the kernel's exec event,
+    # which the daemon gets, comes after both).
+    procs.wait_until(lambda: procs.exe(p.pid).endswith("fakeminer") and procs.cmdline(p.pid), 10, 0.02,
+                     "the miner exec'd")
     return p
 
 
@@ -219,8 +228,9 @@ def test_docker_down_then_back_resyncs_in_the_periodic_pass(tmp_path):
     assert rig.parts.containers.get(CID) == info
 
 
-def test_a_file_event_is_inspected_and_judged(tmp_path, helper_bins):
-    """A miner binary written into a watched path is hashed, YARA-scanned and alerted as a file."""
+def test_a_file_event_is_inspected_in_the_bulk_lane_and_judged(tmp_path, helper_bins):
+    """A miner binary written into a watched path is hashed and YARA-scanned by the bulk lane, handed back,
+    and alerted as a file by the worker."""
     rig = Rig(tmp_path)
     watched = tmp_path / "watched"
     watched.mkdir()
@@ -229,7 +239,11 @@ def test_a_file_event_is_inspected_and_judged(tmp_path, helper_bins):
     dropped.chmod(0o755)
     past = time.time() - 10  # settled: its hashes may be cached
     os.utime(dropped, (past, past))
-    rig.worker.handle(FileEvent(str(dropped)))
+    rig.bulk.handle(FileEvent(str(dropped)))
+    scanned = rig.queue.get(timeout=1)
+    assert isinstance(scanned, FileScanned) and scanned.snap.hashes is not None
+    assert rig.responder.seen == [], "the lane only inspects; judging is the worker's"
+    rig.worker.handle(scanned)
     (found,) = rig.responder.seen
     assert found.file is not None and found.file.path == str(dropped) and found.severity is Severity.CRITICAL
     assert any(e.signal == "yara" for e in found.evidence)
@@ -279,7 +293,11 @@ def test_a_reload_swaps_judge_and_rules_in_one_place_and_keeps_the_responder(tmp
     rig.next_load = (new_cfg, load_bundle(None))
     rig.worker.handle(Reload())
     assert rig.parts.judge is not old_judge and rig.parts.judge.engine is old_judge.engine
-    assert rig.parts.snapshots.yara is not old_yara and rig.parts.files.yara_scanner is rig.parts.snapshots.yara
+    assert rig.parts.snapshots.yara is not old_yara
+    use = rig.bulk_inbox.get(timeout=1)
+    assert isinstance(use, UseRules), "the bulk lane gets the new rules through its queue, in order"
+    rig.bulk.handle(use)
+    assert rig.bulk.files.yara_scanner is use.yara and rig.bulk.yara is use.yara
     assert rig.parts.emitter.responder is responder and responder.config is new_cfg
     assert rig.parts.emitter.alert_severity is Severity.HIGH and rig.alerts.reopened == 1
     assert rig.watcher.paths == (str(tmp_path),) and rig.reloads == [""] and rig.stats.reloads == 1
@@ -368,7 +386,8 @@ def test_only_the_agents_own_process_tree_is_exempt(tmp_path, helper_bins, fake_
     child = subprocess.Popen([helper_bins.fakeminer, "-o", fake_pool.hostport, "-t", "1", "--seconds", "30"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        procs.wait_until(lambda: procs.exe(child.pid).endswith("fakeminer"), 10, 0.02, "the child exec'd")
+        procs.wait_until(lambda: procs.exe(child.pid).endswith("fakeminer") and procs.cmdline(child.pid), 10, 0.02,
+                         "the child exec'd")
         rig.worker.handle(ExecEvent(child.pid))
         assert rig.findings_for(child.pid) == [] and child.pid in rig.worker.own_children
     finally:
@@ -387,3 +406,29 @@ def test_a_foreign_process_in_the_agents_container_is_evidence():
     assert e.strong and "own container" in e.detail
     assert agent_container.detect(proc, Context(sigs, agent_container="")) == []
     assert agent_container.detect(ProcessSnapshot(pid=7, container_id="d" * 64), Context(sigs, agent_container=CID)) == []
+
+
+def test_memory_scans_go_to_the_bulk_lane_and_come_back_to_be_judged(tmp_path, spawn, helper_bins, fake_pool):
+    """A memory-scan candidate is handed to the bulk lane (not scanned on the worker); the lane's answer
+    is judged with the hits attached; an answer for a PID that is another process now is dropped."""
+    rig = Rig(tmp_path)
+    plain = spawn([helper_bins.fakeminer_plain, "-o", fake_pool.hostport, "-t", "1", "--seconds", "60"],
+                  stderr=open(os.devnull, "wb"), stdout=open(os.devnull, "wb"))
+    procs.wait_until(lambda: procs.exe(plain.pid).endswith("fakeminer-plain") and procs.cmdline(plain.pid), 10, 0.02,
+                     "exec'd")
+    fake_pool.wait_for_login(timeout=15)
+    rig.worker.handle(ExecEvent(plain.pid))
+    start = procs.wait_until(lambda: rig.parts.snapshots.snapshot(plain.pid), 5, 0.05, "snapshot").start_ticks
+    rig.parts.behaviour.request_scan(plain.pid, start, rig.clock())  # what a suspicious verdict asks for
+    rig.worker.periodic()
+    request = rig.bulk_inbox.get(timeout=1)
+    assert request == MemoryScan(plain.pid, start)
+    rig.bulk.handle(request)
+    answer = rig.queue.get(timeout=5)
+    assert isinstance(answer, MemoryScanned) and "MW_XMRig_Memory" in {h.rule for h in answer.hits}
+    rig.worker.handle(answer)
+    last = rig.findings_for(plain.pid)[-1]
+    assert last.severity is Severity.CRITICAL and any(h.source == "memory" for h in last.process.yara)
+    before = len(rig.responder.seen)
+    rig.worker.handle(MemoryScanned(plain.pid, start + 1, answer.hits))  # a reused PID: not this process
+    assert len(rig.responder.seen) == before

@@ -34,10 +34,14 @@ class SnapshotCollector:
             proc_root=Path(config.agent.proc_root), hash_cache=self.hash_cache, max_exe_bytes=self.max_bytes,
             env_names=frozenset(n for n in signatures.env_vars if not n.endswith("*")),
         )
+        self._rules = signatures.yara
+        self.yara = self.yara_scanner()
+
+    def yara_scanner(self) -> YaraScanner:
+        """A scanner over the current rules (compiled once, shared); one per thread that scans."""
         # YARA reads a file into memory: its first YARA_FILE_BYTES (the agent's memory budget), all of it
         # for ordinary miners (a static xmrig is under 10 MB); hashes still cover the whole file.
-        self.yara = YaraScanner(signatures.yara, max_bytes=min(self.max_bytes, YARA_FILE_BYTES),
-                                proc_root=config.agent.proc_root)
+        return YaraScanner(self._rules, max_bytes=min(self.max_bytes, YARA_FILE_BYTES), proc_root=self.proc_root)
 
     # ------------------------------------------------------------------ processes
 

@@ -42,6 +42,15 @@ class DaemonCollector:
             dropped.add_metric([kind], n)
         yield dropped
         yield GaugeMetricFamily("minerwatch_event_queue_length", "Events waiting in the queue", value=s["queue"])
+        bulk = s.get("bulk", {})
+        yield GaugeMetricFamily("minerwatch_bulk_queue_length", "File inspections and memory scans waiting in the bulk lane",
+                                value=bulk.get("waiting", 0))
+        done = CounterMetricFamily("minerwatch_bulk_done", "Bulk lane work done, by kind", labels=["kind"])
+        for kind in ("files", "memory_scans", "errors", "results_dropped"):
+            done.add_metric([kind], bulk.get(kind, 0))
+        yield done
+        yield CounterMetricFamily("minerwatch_bulk_dropped", "Bulk lane work dropped (its queue was full)",
+                                  value=bulk.get("dropped", 0))
         scans = CounterMetricFamily("minerwatch_scan_seconds", "Time spent in periodic scans", labels=[])
         scans.add_metric([], s["scan_seconds"])
         yield scans

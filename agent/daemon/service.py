@@ -36,8 +36,10 @@ SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 
 @dataclass
 class Collectors:
-    """The threads that feed the queue (started and stopped here, never touched by the worker)."""
+    """The threads beside the worker, started and stopped here: the bulk lane, and the collectors
+    that feed the queues (the worker only hands the bulk lane work through its queue)."""
 
+    bulk: object  # daemon.bulk.BulkLane: file inspections and memory scans
     file_watcher: object  # collectors.fswatch.FileWatcher
     proc_connector: object  # collectors.proc_connector.ProcConnector (exec events)
     docker_watcher: object  # collectors.docker_events.DockerWatcher
@@ -89,7 +91,7 @@ class Daemon:
             if self.stop_event.is_set():
                 break
             # Tell the truth: ping systemd only while the worker is alive and making progress.
-            if not self._thread.is_alive():
+            if not self._thread.is_alive() or not self.collectors.bulk.is_alive():
                 # Never keep running blind: exit non-zero so systemd (Restart=on-failure) restarts us.
                 log.error("worker_died", exit_code=1)
                 self.notifier.notify("STATUS=worker thread died; exiting to be restarted")
@@ -143,6 +145,7 @@ class Daemon:
     def _start_collectors(self) -> None:
         c = self.collectors
         self.alerts.start()
+        c.bulk.start()
         c.file_watcher.watch_host_paths(self.config.watch.paths)
         c.file_watcher.start()
         # Lost exec events (overrun) are caught by the periodic poll of /proc, every interval.
@@ -160,6 +163,7 @@ class Daemon:
         if self.exec_events:
             c.proc_connector.stop()
         c.file_watcher.stop()
+        c.bulk.stop()
         self.alerts.stop(timeout=5)
 
     # ------------------------------------------------------------------ health (read-only, any thread)
@@ -191,5 +195,6 @@ class Daemon:
             "tracker_evicted": w.p.tracker.evicted,
             "behaviour_evicted": w.p.behaviour.evicted,
             "behaviour_tracked": len(w.p.behaviour),
+            "bulk": self.collectors.bulk.stats(),
             "alerts": self.alerts.stats(),
         }

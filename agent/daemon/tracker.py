@@ -75,10 +75,10 @@ class ProcessTracker:
             self._flagged[pid] = entry
         entry.severity = max(entry.severity, finding.severity)
 
-    def due(self, pid: int, candidates: Collection[int] = ()) -> bool:
-        """Whether the periodic pass should inspect a tracked ``pid`` again."""
+    def due(self, pid: int) -> bool:
+        """Whether the periodic pass should inspect a tracked ``pid`` again: young, or with evidence."""
         entry = self.get(pid)
-        return entry is not None and (entry.checks <= self.young_rechecks or entry.interesting or pid in candidates)
+        return entry is not None and (entry.checks <= self.young_rechecks or entry.interesting)
 
     def forget_gone(self, alive: Collection[int]) -> list[int]:
         """Drop processes not in ``alive``; returns their PIDs."""

@@ -20,6 +20,7 @@ from agent.collectors.snapshots import SnapshotCollector
 from agent.config import Config
 from agent.daemon import metrics
 from agent.daemon.behaviour import BehaviourModel
+from agent.daemon.bulk import BulkLane
 from agent.daemon.containers import ContainerRegistry
 from agent.daemon.emitter import Emitter
 from agent.daemon.lifecycle import Lifecycle
@@ -34,6 +35,7 @@ from agent.signatures import Signatures
 from agent.sinks.pipeline import AlertPipeline
 
 QUEUE_SIZE = 20_000
+BULK_QUEUE_SIZE = 10_000
 
 
 def loader(config_path: str | None):
@@ -57,13 +59,16 @@ def build(config: Config, signatures: Signatures, *, config_path: str | None = N
     own_container = own.container_id if own is not None else ""
     judge = Judge.from_config(cfg, signatures, agent_container=own_container)
     docker = DockerHandle(cfg.docker.url)
-    file_watcher = FileWatcher(queue)
+    bulk_inbox = EventQueue(maxsize=BULK_QUEUE_SIZE)  # file events and memory scans wait here, not before execs
+    file_watcher = FileWatcher(bulk_inbox)
+    bulk = BulkLane(bulk_inbox, queue, FileInspector(snapshots.hash_cache, snapshots.yara_scanner(), snapshots.max_bytes),
+                    snapshots.yara_scanner())
     alerts = AlertPipeline(cfg)
     stats = WorkerStats()
     responder = Responder(cfg, docker, state_dir=cfg.agent.state_dir, clock=clock)
     parts = Parts(
         snapshots=snapshots,
-        files=FileInspector(snapshots.hash_cache, snapshots.yara, snapshots.max_bytes),
+        bulk=bulk,
         file_watcher=file_watcher,
         containers=ContainerRegistry(docker, judge, file_watcher),
         tracker=ProcessTracker(),
@@ -75,6 +80,7 @@ def build(config: Config, signatures: Signatures, *, config_path: str | None = N
     worker = Worker(cfg, signatures, parts, queue, clock=clock, own_pid=own_pid,
                     own_ancestors=identity.ancestors(cfg.agent.proc_root, own_pid), load=loader(config_path), stats=stats)
     collectors = Collectors(
+        bulk=bulk,
         file_watcher=file_watcher,
         proc_connector=ProcConnector(queue.put),
         docker_watcher=DockerWatcher(cfg.docker.url, queue),

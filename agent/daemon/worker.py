@@ -3,7 +3,8 @@
 It owns no detection state of its own: the parts it is given own theirs (``wiring`` builds
 them), and all of them are used from this thread only. An exec event becomes a snapshot,
 judged in its container's context with its behaviour attached; a container event updates
-the registry and judges the container's processes; a file event is inspected and judged.
+the registry and judges the container's processes. Bulk work (file inspections, memory
+scans) runs in the bulk lane (``daemon/bulk.py``); its results come back here to be judged.
 Every finding goes out through the emitter (response by policy, then the alert).
 """
 
@@ -21,17 +22,18 @@ import structlog
 from agent.collectors import netns
 from agent.config import Config
 from agent.daemon.behaviour import is_msr_modprobe
+from agent.daemon.bulk import UseRules
 from agent.errors import MinerwatchError
-from agent.events import ContainerEvent, EventQueue, ExecEvent, FileEvent, Reload
+from agent.events import ContainerEvent, EventQueue, ExecEvent, FileScanned, MemoryScan, MemoryScanned, Reload
 from agent.model import MSR_MODPROBE_CHILD, Finding, ProcessSnapshot, Severity
 from agent.signatures import Signatures
 
 if TYPE_CHECKING:  # the parts' types only: the worker is handed instances, it builds none
     from agent.collectors.cpu_sampler import CpuSampler
-    from agent.collectors.file_inspector import FileInspector
     from agent.collectors.fswatch import FileWatcher
     from agent.collectors.snapshots import SnapshotCollector
     from agent.daemon.behaviour import BehaviourModel
+    from agent.daemon.bulk import BulkLane
     from agent.daemon.containers import ContainerRegistry
     from agent.daemon.emitter import Emitter
     from agent.daemon.tracker import ProcessTracker
@@ -40,6 +42,7 @@ if TYPE_CHECKING:  # the parts' types only: the worker is handed instances, it b
 log = structlog.get_logger("minerwatch.worker")
 
 MEMORY_SCANS_PER_PASS = 2
+SERVE_EVERY = 16  # processes of the first scan between two looks at the waiting events
 
 
 @dataclass
@@ -61,8 +64,8 @@ class WorkerStats:
 class Parts:
     """What the worker works with; each part owns its own state (see docs/ARCHITECTURE.md)."""
 
-    snapshots: SnapshotCollector  # process snapshots with YARA on their executable (and memory)
-    files: FileInspector  # file events -> file snapshots with hashes and YARA
+    snapshots: SnapshotCollector  # process snapshots with YARA on their executable
+    bulk: BulkLane  # file inspections and memory scans, off this thread (results come back as events)
     file_watcher: FileWatcher  # watched paths and writable layers (the worker refreshes it)
     containers: ContainerRegistry  # containers, image evidence, cgroups, layer watches
     tracker: ProcessTracker  # which processes to look at again
@@ -109,16 +112,32 @@ class Worker:
         while not stop.is_set():
             self.heartbeat = self.clock()
             event = self.queue.get(timeout=max(0.0, min(0.5, next_tick - self.clock())))
-            try:
-                if event is not None:
-                    self.handle(event)
-                if self.clock() >= next_tick:
-                    self.periodic()
-                    next_tick = self.clock() + self.config.agent.interval
-            except Exception as exc:  # crash barrier: one bad event or pass never kills the worker
-                self.stats.worker_errors += 1
-                # Not event=: that is structlog's own first argument, and the TypeError killed the worker.
-                log.exception("worker_error", failed_event=repr(event)[:200], error=repr(exc))
+            if event is not None:
+                self._handle_safely(event)
+            if self.clock() >= next_tick:
+                self._handle_safely(None)
+                next_tick = self.clock() + self.config.agent.interval
+
+    def _handle_safely(self, event) -> None:
+        """One event (None: the periodic pass) behind the crash barrier: a failure never kills the worker."""
+        try:
+            if event is None:
+                self.periodic()
+            else:
+                self.handle(event)
+        except Exception as exc:  # crash barrier: logged and counted, the next event goes on
+            self.stats.worker_errors += 1
+            # Not event=: that is structlog's own first argument, and the TypeError killed the worker.
+            log.exception("worker_error", failed_event=repr(event)[:200], error=repr(exc))
+
+    def serve_waiting(self, limit: int = 256) -> None:
+        """Handle events already waiting (exec, container, results), so long work never holds them up."""
+        for _ in range(limit):
+            event = self.queue.get(timeout=0)
+            if event is None:
+                return
+            self.heartbeat = self.clock()
+            self._handle_safely(event)
 
     def handle(self, event) -> None:
         self.stats.events[type(event).__name__] += 1
@@ -126,8 +145,10 @@ class Worker:
             self.inspect_pid(event.pid)
         elif isinstance(event, ContainerEvent):
             self.on_container(event)
-        elif isinstance(event, FileEvent):
+        elif isinstance(event, FileScanned):
             self.on_file(event)
+        elif isinstance(event, MemoryScanned):
+            self.on_memory(event)
         elif isinstance(event, Reload):
             self.on_reload_event()
 
@@ -169,13 +190,18 @@ class Worker:
 
     # ------------------------------------------------------------------ files
 
-    def on_file(self, event: FileEvent) -> None:
-        snap = self.p.files.inspect(event)
-        if snap is None:
-            return
-        container = self.p.containers.get(event.container_id) if event.container_id else None
-        if finding := self.p.judge.file(snap, container):
+    def on_file(self, scanned: FileScanned) -> None:
+        cid = scanned.event.container_id
+        container = self.p.containers.get(cid) if cid else None
+        if finding := self.p.judge.file(scanned.snap, container):
             self.p.emitter.emit(finding)
+
+    def on_memory(self, scanned: MemoryScanned) -> None:
+        """A memory scan came back: judge the process (still the same one) with the hits found."""
+        snap = self.p.snapshots.snapshot(scanned.pid, self.net_tables)
+        if snap is None or snap.start_ticks != scanned.start_ticks:
+            return  # exited, or the PID is another process's now
+        self.judge(dataclasses.replace(snap, yara=snap.yara + scanned.hits), memory_scanned=True)
 
     # ------------------------------------------------------------------ processes
 
@@ -195,8 +221,8 @@ class Worker:
         if snap is not None:
             self.judge(snap)
 
-    def judge(self, snap: ProcessSnapshot, *, memory: bool = False) -> Finding | None:
-        """Judge one (collected, exe-scanned) process; ``memory``: YARA its memory first."""
+    def judge(self, snap: ProcessSnapshot, *, memory_scanned: bool = False) -> Finding | None:
+        """Judge one (collected, exe-scanned) process; ``memory_scanned``: its memory hits are attached."""
         if self.is_own(snap):
             return None
         entry = self.p.tracker.seen(snap)
@@ -206,14 +232,12 @@ class Worker:
         container = self.p.containers.get(snap.container_id) if snap.container_id else None
         if snap.container_id and container is None and snap.container_runtime in ("docker", ""):
             container = self.p.containers.refresh(snap.container_id)
-        if memory:
-            snap = self.p.snapshots.scan_memory(snap)
         snap = dataclasses.replace(snap, behaviour=self.p.behaviour.verdict(snap.pid, snap.start_ticks))
         finding = self.p.judge.process(snap, container, self.p.containers.image_evidence(snap.container_id))
         if finding is None:
             return None
         self.p.tracker.record(snap.pid, finding)
-        if not memory and finding.severity >= Severity.MEDIUM and not any(e.signal == "yara" for e in finding.evidence):
+        if not memory_scanned and finding.severity >= Severity.MEDIUM and not any(e.signal == "yara" for e in finding.evidence):
             # Suspicious but nothing in its file: a packed miner shows itself in memory once it runs.
             self.p.behaviour.request_scan(snap.pid, snap.start_ticks, self.clock())
         return self.p.emitter.emit(finding)
@@ -232,11 +256,13 @@ class Worker:
     def initial_scan(self, stop: threading.Event) -> None:
         """At start: every running container and every process, like a sweep (until ``stop``)."""
         self.resync()
-        for pid in self.p.snapshots.pids():
+        for n, pid in enumerate(self.p.snapshots.pids()):
             if stop.is_set():
                 return
             if pid not in self.p.tracker:
                 self.inspect_pid(pid)
+            if n % SERVE_EVERY == SERVE_EVERY - 1:
+                self.serve_waiting()  # an exec or a container start during a long first scan is judged now
 
     def periodic(self) -> None:
         started = self.clock()
@@ -253,14 +279,18 @@ class Worker:
         for sample in p.sampler.sample_cgroups(p.containers.cgroups()):
             p.behaviour.observe_cgroup(sample)
         p.behaviour.observe_host(p.sampler.host_artefacts())
-        candidates = set(p.behaviour.candidates(limit=MEMORY_SCANS_PER_PASS))
-        for pid in pids:
+        for pid in p.behaviour.candidates(limit=MEMORY_SCANS_PER_PASS):
+            if (verdict := p.behaviour.verdict(pid)) is not None:  # the answer comes back as MemoryScanned
+                p.bulk.submit(MemoryScan(pid, verdict.start_ticks))
+        for n, pid in enumerate(pids):
             if pid not in p.tracker:
                 self.inspect_pid(pid)  # missed by the connector, or no connector
-            elif p.tracker.due(pid, candidates):
+            elif p.tracker.due(pid):
                 snap = p.snapshots.snapshot(pid, self.net_tables)
                 if snap is not None:
-                    self.judge(snap, memory=pid in candidates)
+                    self.judge(snap)
+            if n % (4 * SERVE_EVERY) == 4 * SERVE_EVERY - 1:
+                self.serve_waiting()
         p.file_watcher.refresh()
         if p.containers.needs_resync():
             self.resync()
@@ -293,7 +323,7 @@ class Worker:
         self.config, self.signatures = config, signatures
         p.judge = p.judge.with_signatures(config, signatures)
         p.snapshots.use(config, signatures)
-        p.files.yara_scanner = p.snapshots.yara
+        p.bulk.submit(UseRules(p.snapshots.yara_scanner()))
         p.containers.use(p.judge)
         if config.watch.paths != old.watch.paths:
             p.file_watcher.watch_host_paths(config.watch.paths)
