@@ -152,11 +152,15 @@ def test_image_label_with_stratum_url():
 
 
 def test_config_next_to_the_executable_or_named_by_flag_is_strong():
-    """A miner config loaded by the process (beside its binary, or -c) is strong evidence."""
+    """A miner config loaded by the process (beside its binary, --config for any program, -c for a
+    process that looks like a miner) is strong evidence."""
     cfg = MinerConfig("/opt/w/config.json", pools=("p.example:443",))
     beside = ProcessSnapshot(pid=1, exe="/opt/w/worker", cwd="/", miner_config=cfg)
-    flagged = ProcessSnapshot(pid=1, exe="/usr/bin/w", cwd="/opt/w", cmdline=("w", "-c", "config.json"), miner_config=cfg)
-    for proc in (beside, flagged):
+    flagged = ProcessSnapshot(pid=1, exe="/usr/bin/w", cwd="/opt/w", cmdline=("w", "--config", "config.json"),
+                              miner_config=cfg)
+    short = ProcessSnapshot(pid=1, exe="/opt/w/xmrig", cwd="/opt/w", cmdline=("xmrig", "-c", "config.json"),
+                            miner_config=cfg)
+    for proc in (beside, flagged, short):
         assert any(e.signal == "config" and e.strong and e.weight >= 35 for e in cmdline.detect(proc, CTX))
 
 
