@@ -432,3 +432,23 @@ def test_memory_scans_go_to_the_bulk_lane_and_come_back_to_be_judged(tmp_path, s
     before = len(rig.responder.seen)
     rig.worker.handle(MemoryScanned(plain.pid, start + 1, answer.hits))  # a reused PID: not this process
     assert len(rig.responder.seen) == before
+
+
+def test_a_unit_of_work_over_its_budget_is_counted_and_logged(tmp_path):
+    """An event that takes longer than its budget (here: a Docker inspect that hangs for 1.5 s on the clock)
+    is measured, counted by kind and logged; the worker goes on."""
+    from structlog.testing import capture_logs
+
+    class Slow(FakeDocker):
+        def inspect_container(self, cid):
+            rig.clock.t += 1.5  # the time it took
+            return super().inspect_container(cid)
+
+    rig = Rig(tmp_path)
+    rig.parts.containers.docker = Slow({CID: ContainerInfo(id=CID, image="nginx:1.25")})
+    with capture_logs() as logs:
+        rig.worker._handle_safely(ContainerEvent("start", CID))
+        rig.worker._handle_safely(ContainerEvent("die", CID))
+    assert rig.stats.over_budget == {"ContainerEvent": 1}
+    (slow,) = [e for e in logs if e["event"] == "work_over_budget"]
+    assert slow["unit"] == "ContainerEvent" and slow["seconds"] == 1.5 and CID[:12] in slow["subject"]

@@ -16,6 +16,7 @@ reload hands it new rules through its queue (``UseRules``), in order with everyt
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass
 
@@ -26,6 +27,7 @@ from agent.events import EventQueue, FileEvent, FileScanned, MemoryScan, MemoryS
 log = structlog.get_logger("minerwatch.bulk")
 
 RESULT_WAIT_S = 5.0  # how long a result may wait for room in the worker's queue
+BUDGET_S = 10.0  # one file (hashes and YARA of up to max_file_mb) or one memory scan should take less
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,11 +67,16 @@ class BulkLane:
             item = self.inbox.get(timeout=0.5)
             if item is None:
                 continue
+            started = time.monotonic()
             try:
                 self.handle(item)
             except Exception as exc:  # crash barrier: one bad file or process never stops the lane
                 self.counts["errors"] += 1
                 log.exception("bulk_error", item=repr(item)[:200], error=repr(exc))
+            if (elapsed := time.monotonic() - started) > BUDGET_S:
+                self.counts["over_budget"] += 1
+                log.warning("work_over_budget", unit=f"bulk {type(item).__name__}", seconds=round(elapsed, 3),
+                            budget=BUDGET_S, subject=repr(item)[:200])
 
     def handle(self, item) -> None:
         if isinstance(item, FileEvent):

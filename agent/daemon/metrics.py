@@ -46,7 +46,7 @@ class DaemonCollector:
         yield GaugeMetricFamily("minerwatch_bulk_queue_length", "File inspections and memory scans waiting in the bulk lane",
                                 value=bulk.get("waiting", 0))
         done = CounterMetricFamily("minerwatch_bulk_done", "Bulk lane work done, by kind", labels=["kind"])
-        for kind in ("files", "memory_scans", "errors", "results_dropped"):
+        for kind in ("files", "memory_scans", "errors", "results_dropped", "over_budget"):
             done.add_metric([kind], bulk.get(kind, 0))
         yield done
         yield CounterMetricFamily("minerwatch_bulk_dropped", "Bulk lane work dropped (its queue was full)",
@@ -59,6 +59,11 @@ class DaemonCollector:
                                 value=s["last_scan_seconds"])
         yield CounterMetricFamily("minerwatch_detector_errors", "Detector crashes caught by the barrier",
                                   value=s["detector_errors"])
+        slow = CounterMetricFamily("minerwatch_work_over_budget", "Units of work (events, periodic passes) that "
+                                   "took longer than their time budget", labels=["unit"])
+        for unit, n in sorted(s.get("over_budget", {}).items()):
+            slow.add_metric([unit], n)
+        yield slow
         evicted = CounterMetricFamily("minerwatch_table_evictions", "Entries evicted from a full table "
                                       "(the least suspicious first)", labels=["table"])
         evicted.add_metric(["processes"], s.get("tracker_evicted", 0))

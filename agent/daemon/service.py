@@ -192,6 +192,7 @@ class Daemon:
             "scan_seconds": s.scan_seconds,
             "last_scan_seconds": s.last_scan_seconds,
             "detector_errors": w.p.judge.detector_errors,
+            "over_budget": dict(s.over_budget),
             "tracker_evicted": w.p.tracker.evicted,
             "behaviour_evicted": w.p.behaviour.evicted,
             "behaviour_tracked": len(w.p.behaviour),

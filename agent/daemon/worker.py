@@ -43,6 +43,7 @@ log = structlog.get_logger("minerwatch.worker")
 
 MEMORY_SCANS_PER_PASS = 2
 SERVE_EVERY = 16  # processes of the first scan between two looks at the waiting events
+EVENT_BUDGET_S = 1.0  # one event (a process, a container, a file's verdict) should take less; the pass: one interval
 
 
 @dataclass
@@ -58,6 +59,7 @@ class WorkerStats:
     reload_failures: int = 0
     worker_errors: int = 0
     alert_spool_errors: int = 0
+    over_budget: Counter = field(default_factory=Counter)  # units of work that took longer than their budget
 
 
 @dataclass
@@ -119,7 +121,9 @@ class Worker:
                 next_tick = self.clock() + self.config.agent.interval
 
     def _handle_safely(self, event) -> None:
-        """One event (None: the periodic pass) behind the crash barrier: a failure never kills the worker."""
+        """One unit of work (an event; None: the periodic pass) behind the crash barrier, timed against
+        its budget: a failure never kills the worker, and a unit over budget is counted and logged."""
+        started = self.clock()
         try:
             if event is None:
                 self.periodic()
@@ -129,6 +133,13 @@ class Worker:
             self.stats.worker_errors += 1
             # Not event=: that is structlog's own first argument, and the TypeError killed the worker.
             log.exception("worker_error", failed_event=repr(event)[:200], error=repr(exc))
+        elapsed = self.clock() - started
+        budget = self.config.agent.interval if event is None else EVENT_BUDGET_S
+        if elapsed > budget:
+            kind = "periodic" if event is None else type(event).__name__
+            self.stats.over_budget[kind] += 1
+            log.warning("work_over_budget", unit=kind, seconds=round(elapsed, 3), budget=budget,
+                        subject=repr(event)[:200] if event is not None else "")
 
     def serve_waiting(self, limit: int = 256) -> None:
         """Handle events already waiting (exec, container, results), so long work never holds them up."""
