@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.collectors.cgroups import parse_cgroup
+from agent.collectors.cgroups import cgroup_claim, parse_cgroup
 from agent.collectors.netns import TCP_STATES, parse_proc_net_tcp
 from agent.collectors.procparse import decode
 from tests.fuzz.fuzzing import FUZZ, inputs, seed_ids, seed_paths
@@ -104,11 +104,24 @@ def test_cgroup_mutated(data):
     ("0::/system.slice/docker-{}.scope\n", "docker"), ("12:memory:/docker/{}\n0::/\n", "docker"),
     ("0::/kubepods.slice/kubepods-pod1.slice/cri-containerd-{}.scope\n", "containerd"),
     ("0::/machine.slice/libpod-{}.scope/container\n", "podman"), ("0::/system.slice/crio-conmon-{}.scope\n", "cri-o")]),
-    prefix=st.lists(st.from_regex(r"[a-z][a-z0-9_.-]{0,12}", fullmatch=True), max_size=3))
-def test_cgroup_round_trip(cid, layout, prefix):
-    """A container id in any recognised layout, under any nesting, is found with its runtime."""
+    slices=st.lists(st.from_regex(r"[a-tv-z][a-z0-9_-]{0,12}\.slice", fullmatch=True), max_size=3))
+def test_cgroup_round_trip(cid, layout, slices):
+    """A container id in any recognised layout is found with its runtime; a systemd scope also under
+    further slices (``--cgroup-parent``), which only root (or systemd) can make."""
     template, runtime = layout
-    lead = "".join(f"/{p}" for p in prefix if not re.fullmatch(r"[0-9a-f]{64}", p) and not p.startswith(
-        ("docker", "libpod", "kubepods", "crio", "cri-containerd", "nerdctl", "ecs")))
+    lead = "".join(f"/{p}" for p in slices) if ".scope" in template else ""
     text = template.replace(":/", f":{lead}/", 1).format(cid)
     assert parse_cgroup(text)[:2] == (cid, runtime)
+
+
+@FUZZ
+@given(cid=st.from_regex(r"[0-9a-f]{64}", fullmatch=True), delegated=st.sampled_from([
+    "/user.slice/user-1000.slice/user@1000.service/app.slice", "/user.slice", "/system.slice/ci-runner.service",
+    "/user.slice/user-1000.slice/session-3.scope"]), name=st.sampled_from(["docker-{}.scope", "libpod-{}.scope",
+                                                                             "cri-containerd-{}.scope", "docker/{}"]))
+def test_a_container_name_in_a_delegated_subtree_is_only_a_claim(cid, delegated, name):
+    """Whatever container name a user creates in a subtree delegated to them, it names no container:
+    the id is kept as a claim."""
+    path = f"{delegated}/{name.format(cid)}"
+    assert parse_cgroup(f"0::{path}\n")[:2] == ("", "")
+    assert cgroup_claim(f"0::{path}\n") == cid
