@@ -7,6 +7,7 @@ import sys
 import click
 
 from agent.errors import MinerwatchError
+from agent.text import terminal_safe
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -34,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         rv = cli.main(args=argv, prog_name="minerwatch", standalone_mode=False)
     except MinerwatchError as exc:
-        click.echo(f"minerwatch: error: {exc}", err=True)
+        click.echo(f"minerwatch: error: {terminal_safe(str(exc), keep_newlines=True)}", err=True)
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         click.echo("minerwatch: aborted", err=True)

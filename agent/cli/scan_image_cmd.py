@@ -12,6 +12,7 @@ import sys
 import click
 
 from agent.model import Severity
+from agent.text import terminal_safe
 
 LEVELS = ["low", "medium", "high", "critical"]
 DEFAULT_TIMEOUT_S = 600.0  # as agent.images.scanner.DEFAULT_TIMEOUT_S (not imported here: it pulls in YARA)
@@ -33,12 +34,12 @@ def scan_image(image: str, as_json: bool, config_path: str | None, min_severity:
     """Scan a local image without running it: every executable, ELF file and script in every
     layer (also files a later layer deleted) is hashed and YARA-scanned, and the image config
     and name are checked. Streams Docker's image export; writes nothing to disk; never pulls."""
-    from agent import config, logging_setup, signatures
+    from agent import logging_setup, trust
     from agent.images import scanner as image_scan
 
     logging_setup.configure("warning")
-    cfg = config.load(config_path)
-    sig = signatures.load_bundle(cfg.agent.signatures or None)
+    cfg = trust.load_config(config_path)  # as root: nothing another user can change (exit 2 naming the path)
+    sig = trust.load_signatures(cfg)
     level = Severity.parse(min_severity) if min_severity else cfg.alert_severity
     with _Progress(enabled=sys.stderr.isatty()) as progress:
         result = image_scan.scan_local_image(image, cfg, sig, timeout_s=timeout_s, progress=progress)
@@ -46,7 +47,7 @@ def scan_image(image: str, as_json: bool, config_path: str | None, min_severity:
     if as_json:
         click.echo(json.dumps(image_scan.alerts(result, shown), ensure_ascii=False))
         for note in result.notes:
-            click.echo(f"minerwatch: note: {note}", err=True)
+            click.echo(f"minerwatch: note: {terminal_safe(note)}", err=True)
     else:
         _print_report(result, shown, level)
     return 1 if shown else 0

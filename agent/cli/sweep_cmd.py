@@ -11,6 +11,7 @@ import sys
 import click
 
 from agent.model import Severity
+from agent.text import terminal_safe
 
 LEVELS = ["low", "medium", "high", "critical"]
 
@@ -40,7 +41,7 @@ def sweep(as_json: bool, config_path: str | None, min_severity: str | None, resp
     if as_json:
         click.echo(json.dumps([alert.build(f) for f in shown], indent=None, ensure_ascii=False))
         for note in result.notes:
-            click.echo(f"minerwatch: note: {note}", err=True)
+            click.echo(f"minerwatch: note: {terminal_safe(note)}", err=True)
     else:
         reporter.print_report(result, shown, level, sys.stdout)
     return 1 if shown else 0

@@ -329,5 +329,5 @@ def alerts(result: ImageScanResult, findings: Iterable[Finding]) -> list[dict]:
         if f.file is not None:
             image.update(layer=f.file.layer, layer_index=result.layer_of.get(f.finding_id, 0), hidden=f.file.hidden)
         a["minerwatch"]["image"] = image
-        out.append(a)
+        out.append(alert.bounded(a))  # the image's names and layer ids count against the alert's size too
     return out
