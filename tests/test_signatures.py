@@ -74,7 +74,7 @@ def xmrig_strings() -> list[bytes]:
 
 def test_bundled_bundle_loads_with_campaign_hash_and_pool_domains(sig):
     """The shipped bundle loads cleanly, knows the campaign's xmrig MD5 and many pool domains."""
-    assert sig.version == "2026.11.28.1"
+    assert sig.version == "2026.12.01.1"
     assert CAMPAIGN_MD5 in sig.hashes
     assert len(sig.pool_domains) > 50
     assert sig.yara is not None and sig.yara_rule_count >= 5
