@@ -124,16 +124,19 @@ def test_repository_bad_bundle_replays():
     check_load_raises(REPO_BAD_BUNDLE, issues)
 
 
-def test_bundled_patterns_stay_linear_on_hostile_command_lines():
-    """Every bundled command-line and wallet regex scans 64 KiB adversarial command lines in well under a second."""
+def test_bundled_patterns_are_linear_time_matchers():
+    """Every bundled command-line and wallet regex is an RE2 pattern (linear in its input whatever the
+    input: bench/regex_fuzz.py measures it) and matches what it should on hostile-length input."""
+    import re2
+
     sig = load_bundle(None)
     nasty = ["a" * 65536, "stratum+tcp://" + "a." * 32000, "-o " * 21000, "4" * 65536, "--url=" + "x:" * 32000,
              "".join(chr(0x400 + i % 200) for i in range(65536)), ("44AFFq5kSiGBoZ4NMDwYtN18obc8Ae" * 2200)[:65536]]
     for pattern in (*sig.cmdline_patterns, *sig.wallet_patterns):
+        assert type(pattern.regex).__module__.startswith("re2"), f"{pattern.file}:{pattern.line} is not RE2"
         for text in nasty:
-            started = time.monotonic()
-            pattern.regex.search(text)
-            assert time.monotonic() - started < 1.0, f"{pattern.file}:{pattern.line} {pattern.name} is slow"
+            pattern.regex.search(text)  # returns (RE2 has no backtracking to get lost in)
+    assert re2.compile(r"(a+)+$").search("a" * 65536 + "b") is None
 
 
 @st.composite
