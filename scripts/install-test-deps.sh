@@ -2,7 +2,9 @@
 # Install everything the test suite needs, idempotently and quickly when already done:
 #   - Debian packages: docker.io (engine), busybox-static (test image), gcc + libc6-dev
 #     (static test helpers), openssl (self-signed certs), ca-certificates, python3-venv
-#     (only when the chosen python cannot create a venv);
+#     (only when the chosen python cannot create a venv), debootstrap and
+#     debian-archive-keyring (the Debian 12 image of the systemd and rsyslog tests, built
+#     once per machine from the apt sources' mirror: tests/helpers/debian_image.py);
 #   - a virtualenv at .venv with `pip install -e '.[test]'`, redone only when
 #     pyproject.toml (or the python) changed (stamp file .venv/.minerwatch-deps).
 # Environment: PYTHON (interpreter to build the venv from; default: python3 on PATH, >= 3.11),
@@ -56,7 +58,8 @@ apt_install() {
 }
 
 # --- Debian packages -------------------------------------------------------------------
-WANT=(docker.io busybox-static gcc libc6-dev openssl ca-certificates procps systemd binutils)
+WANT=(docker.io busybox-static gcc libc6-dev openssl ca-certificates procps systemd binutils
+      debootstrap debian-archive-keyring)
 MISSING=()
 for p in "${WANT[@]}"; do pkg_installed "$p" || MISSING+=("$p"); done
 if [ "${#MISSING[@]}" -gt 0 ]; then
