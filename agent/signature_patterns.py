@@ -70,7 +70,59 @@ class Pattern:
     line: int = 0
 
 
-def read_patterns(r: Reader, rel: str, ident: Any) -> tuple[Pattern, ...]:
+class PatternSet:
+    """The patterns of one file, and the same patterns as one RE2 set: ``matching(text)`` says which
+    of them match in one pass over the text (a few microseconds for a clean command line, against
+    tens for searching each pattern in turn), so a detector searches only those for their match.
+    Iterates, indexes and compares like the tuple of patterns it holds."""
+
+    __slots__ = ("patterns", "_set")
+
+    def __init__(self, patterns: Sequence[Pattern] = ()) -> None:
+        self.patterns = tuple(patterns)
+        self._set = self._compile(self.patterns) if self.patterns else None
+
+    @staticmethod
+    def _compile(patterns: tuple[Pattern, ...]):
+        """The RE2 set of ``patterns``; None when RE2 will not build one (over its memory budget, say):
+        then every pattern is searched in turn, which is slower but finds the same."""
+        try:
+            regex_set = re2.Set.SearchSet(_OPTIONS)
+            for n, pattern in enumerate(patterns):
+                if regex_set.Add(pattern.regex.pattern) != n:
+                    return None
+            return regex_set if regex_set.Compile() is not False else None
+        except re2.error:
+            return None
+
+    def matching(self, text: str) -> tuple[Pattern, ...]:
+        """The patterns that match somewhere in ``text``, in file order (all of them without a set)."""
+        if self._set is None:
+            return self.patterns
+        hits = self._set.Match(text)  # None when nothing matches
+        return tuple(self.patterns[i] for i in sorted(hits)) if hits else ()
+
+    def __iter__(self):
+        return iter(self.patterns)
+
+    def __len__(self) -> int:
+        return len(self.patterns)
+
+    def __getitem__(self, index):
+        return self.patterns[index]
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, PatternSet):
+            return self.patterns == other.patterns
+        return self.patterns == other
+
+    __hash__ = None  # mutable-looking: compared by content, never a dict key
+
+    def __repr__(self) -> str:
+        return f"PatternSet({len(self.patterns)} patterns)"
+
+
+def read_patterns(r: Reader, rel: str, ident: Any) -> PatternSet:
     """A ``name | weight | regex | source`` file; ``ident`` validates names."""
     out, seen = [], {}
     for line, (name, weight, text, source) in r.rows(rel, ("name", "weight", "regex", "source")):
@@ -89,7 +141,7 @@ def read_patterns(r: Reader, rel: str, ident: Any) -> tuple[Pattern, ...]:
                 r.issue(rel, line, "regex matches the empty string, so it would match every input")
         if len(r.issues) == problems and r.first(seen, name, rel, line, "pattern name"):
             out.append(Pattern(name, regex, int(weight), source, rel, line))
-    return tuple(out)
+    return PatternSet(out)
 
 
 # --- what a matcher is given ------------------------------------------------------------

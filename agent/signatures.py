@@ -86,6 +86,7 @@ from agent.signature_patterns import (
     MAX_MATCH_PART,
     MAX_MATCH_TEXT,
     Pattern,
+    PatternSet,
     clip_items,
     clip_middle,
     compile_signature_regex,
@@ -105,7 +106,7 @@ from agent.signature_yara import (
 __all__ = [
     "MANIFEST", "MAX_MATCH_ITEMS", "MAX_MATCH_PART", "MAX_MATCH_TEXT", "META_FILE", "RESOURCE_PACKAGE",
     "YARA_CATEGORIES", "YARA_DIR", "YARA_MEMORY_EXTERNAL", "YARA_MODULES", "YARA_SCOPES", "YARA_TIERS",
-    "BundleMeta", "IocEntry", "Pattern", "SignatureError", "SignatureIssue", "Signatures",
+    "BundleMeta", "IocEntry", "Pattern", "PatternSet", "SignatureError", "SignatureIssue", "Signatures",
     "bundle_files", "bundled_directory", "check_bundle", "clip_items", "clip_middle",
     "compile_signature_regex", "describe", "load_bundle", "match_text",
 ]
@@ -121,8 +122,8 @@ class Signatures:
     pool_domains: tuple[IocEntry, ...] = ()
     pool_ports: dict[int, IocEntry] = field(default_factory=dict)
     miner_names: dict[str, IocEntry] = field(default_factory=dict)
-    cmdline_patterns: tuple[Pattern, ...] = ()
-    wallet_patterns: tuple[Pattern, ...] = ()
+    cmdline_patterns: PatternSet = field(default_factory=PatternSet)
+    wallet_patterns: PatternSet = field(default_factory=PatternSet)
     env_vars: dict[str, IocEntry] = field(default_factory=dict)
     official_images: dict[str, IocEntry] = field(default_factory=dict)
     bad_namespaces: dict[str, IocEntry] = field(default_factory=dict)
@@ -135,6 +136,13 @@ class Signatures:
     disabled_pool_ports: dict[int, IocEntry] = field(default_factory=dict)
     yara_meta: dict[str, dict[str, Any]] = field(default_factory=dict)
     yara_disabled: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Patterns given as a plain sequence (tests, hand-built bundles) get their RE2 set too.
+        for name in ("cmdline_patterns", "wallet_patterns"):
+            value = getattr(self, name)
+            if not isinstance(value, PatternSet):
+                object.__setattr__(self, name, PatternSet(value))
 
     def pool_domain(self, host: str) -> IocEntry | None:
         """The pool-domain entry that ``host`` equals or is a subdomain of, if any."""

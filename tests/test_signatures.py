@@ -517,3 +517,18 @@ def test_match_text_keeps_start_and_end_and_the_arguments_around_padding():
     assert len(many) <= MAX_MATCH_TEXT and many.startswith("--first ") and many.endswith(" --last")
     assert max(len(w) for w in many.split(" ")) <= MAX_MATCH_PART
     assert clip_items(list(range(1000)), 10) == [0, 1, 2, 3, 4, 995, 996, 997, 998, 999]
+
+
+def test_pattern_sets_find_exactly_what_searching_each_pattern_finds():
+    """The RE2 set of a pattern file names the same patterns as searching each of them in turn."""
+    from agent.signatures import load_bundle
+
+    sig = load_bundle(None)
+    samples = ["gcc -O2 -c foo.c -o foo.o", "xmrig -o stratum+tcp://pool.example:3333 -u x --donate-level=1",
+               "./w --url pool.example:443 --coin monero -a rx/0 --cpu-max-threads-hint 75", "sh -c modprobe msr",
+               "4" * 95 + " 44AFFq5kSiGBoZ4NMDwYtN18obc8AemS33DBLWs3H7otXft3XjrpDtQGv7SqSsaBYBb98uNbr2VBBEt7f2wfn3RVGQBEP3A",
+               "bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq", ""]
+    for patterns in (sig.cmdline_patterns, sig.wallet_patterns):
+        assert patterns._set is not None, "the shipped patterns build an RE2 set"
+        for text in samples:
+            assert patterns.matching(text) == tuple(p for p in patterns if p.regex.search(text)), text

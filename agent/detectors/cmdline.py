@@ -27,7 +27,7 @@ def _command_line(proc: ProcessSnapshot, ctx: Context) -> list[Evidence]:
     # neither costs unbounded time nor pushes the miner's own arguments out of view).
     line = match_text(proc.cmdline)
     out: list[Evidence] = []
-    for pat in ctx.signatures.cmdline_patterns:
+    for pat in ctx.signatures.cmdline_patterns.matching(line):  # one RE2-set pass, then only those that hit
         m = pat.regex.search(line)
         if m:
             out.append(Evidence("cmdline", f"{pat.name}: {_clip(m.group(0))!r}", pat.weight, _RULE))
@@ -40,7 +40,7 @@ def _command_line(proc: ProcessSnapshot, ctx: Context) -> list[Evidence]:
                 Evidence("cmdline", f"known pool domain {ep[0]} on the command line; source: {entry.source}", 40, _RULE,
                          destination=("", ep[1], ep[0]))
             )
-    for pat in ctx.signatures.wallet_patterns:
+    for pat in ctx.signatures.wallet_patterns.matching(line):
         m = pat.regex.search(line)
         if m:
             out.append(Evidence("cmdline", f"{pat.name} wallet address {_clip(m.group(0))!r}", pat.weight, _RULE))
@@ -88,7 +88,7 @@ def _config(proc: ProcessSnapshot, ctx: Context) -> list[Evidence]:
                             20 if own else 5, _RULE, strong=own))
     for user in clip_items(cfg.users):
         user = clip_middle(user, MAX_MATCH_PART)
-        for pat in ctx.signatures.wallet_patterns:
+        for pat in ctx.signatures.wallet_patterns.matching(user):
             if pat.regex.search(user):
                 out.append(Evidence("config", f"{pat.name} wallet address in {cfg.path}{where}",
                                     pat.weight if own else 5, _RULE, strong=own))

@@ -99,7 +99,7 @@ def detect(container: ContainerInfo, ctx: Context) -> list[Evidence]:
     labels = [f"{k}={v}" for k, v in container.labels]
     # Capped like a command line: each word, Env entry and label, then the whole, start and end kept.
     config_text = match_text([*words, *container.env, *labels])
-    for pat in sig.cmdline_patterns:
+    for pat in sig.cmdline_patterns.matching(config_text):
         if m := pat.regex.search(config_text):
             out.append(Evidence("image", f"container config: {pat.name}: {m.group(0)[:120]!r}", min(pat.weight, 40), _RULE))
             break
