@@ -71,6 +71,7 @@ class AlertsSection:
     webhook: str = ""
     webhook_secret_file: str = ""
     dedupe_minutes: float = 60.0
+    format: str = "ecs"  # or "ocsf": what every sink gets (an OCSF 1.x Detection Finding, agent/ocsf.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +166,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(p, "[alerts] syslog", f"expected udp://HOST:PORT, tcp://HOST:PORT or unix:///PATH, got {cfg.alerts.syslog!r}")
     if cfg.alerts.webhook and not cfg.alerts.webhook.startswith(("http://", "https://")):
         raise ConfigError(p, "[alerts] webhook", f"expected an http(s) URL, got {cfg.alerts.webhook!r}")
+    if cfg.alerts.format not in ("ecs", "ocsf"):
+        raise ConfigError(p, "[alerts] format", f"expected 'ecs' or 'ocsf', got {cfg.alerts.format!r}")
     if cfg.metrics.listen:
         host, sep, port = cfg.metrics.listen.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -232,3 +235,76 @@ def load(path: str | os.PathLike[str] | None = None) -> Config:
     except RecursionError:  # tomllib recurses once per nested array or inline table
         raise ConfigError(source, "", "invalid TOML: nested too deeply") from None
     return from_dict(data, source)
+
+
+# --------------------------------------------------------------------------- the default config
+# `minerwatch config defaults` prints this; `scripts/install.sh` and the .deb install it. Every key
+# comes from the dataclasses above, with its default, so the text cannot drift from the code.
+
+_HELP: dict[str, str] = {
+    "agent.interval": "seconds between behaviour samples and periodic re-checks (at least 0.5)",
+    "agent.state_dir": "spool, caches, dedupe state, pause records, quarantine (mode 0700)",
+    "agent.signatures": "signature bundle directory; empty: the bundled signatures",
+    "agent.proc_root": '"/host/proc" when the agent runs in a container',
+    "docker.url": "Docker API: unix://, tcp://, http(s):// or ssh://",
+    "watch.paths": "directories watched for new executables (container writable layers are added)",
+    "watch.max_file_mb": "larger files are not hashed (their first part still gets YARA; reported as partial)",
+    "detect.alert_severity": "low, medium, high or critical: the default --min-severity of sweep",
+    "images.allow": 'registries, namespaces or globs allowed to run, e.g. ["docker.io/library/*"]; empty: no allow list',
+    "response.mode": '"enforce", or "observe": record what would be done, do nothing',
+    "response.pause_severity": '"off", "high" or "critical": findings at or above it pause their container',
+    "response.protect": "container names, ids (12+ hex) or image globs never paused",
+    "response.stop_host_processes": "SIGSTOP host (non-container) processes at pause_severity",
+    "response.quarantine_max_mb": "evidence copies in all (blocks allocated)",
+    "response.quarantine_max_files": "evidence copies in all",
+    "response.quarantine_container_max_mb": "per container (host processes share one budget)",
+    "response.quarantine_container_max_files": "per container",
+    "response.quarantine_min_free_mb": "a copy is made only if this much stays free",
+    "alerts.stdout": "one JSON line per alert on stdout (the journal under systemd)",
+    "alerts.file": "JSON lines; empty: no file",
+    "alerts.syslog": '"udp://HOST:514", "tcp://HOST:514" or "unix:///dev/log"; empty: none',
+    "alerts.webhook": "http(s) URL each alert is POSTed to; empty: none",
+    "alerts.webhook_secret_file": "HMAC-SHA256 signing key for the webhook (root-owned, 0600)",
+    "alerts.dedupe_minutes": "one alert per incident per this many minutes (sooner when it gets worse)",
+    "metrics.listen": 'Prometheus metrics, e.g. "127.0.0.1:9775"; empty: off',
+}
+
+_DEFAULTS_HEAD = """\
+# minerwatch configuration (TOML), {path}.
+# Every key is optional: each is shown commented out with its embedded default. Uncomment and
+# change what you need, then check it with
+#   minerwatch config check --config {path}
+# (exit 2 names the file, the key and the line) and apply it with
+#   systemctl reload minerwatch      (a bad reload keeps the last good configuration)
+# The service may write only to /var/lib/minerwatch and /var/log/minerwatch: if you move
+# state_dir or the alerts file, add a ReadWritePaths= drop-in (systemctl edit minerwatch).
+"""
+
+
+def toml_value(value: Any) -> str:
+    """A default as TOML: ``5``, ``0.5``, ``true``, ``"text"``, ``["a", "b"]``."""
+    import json
+
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else repr(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, tuple):
+        return "[" + ", ".join(json.dumps(v) for v in value) + "]"
+    return json.dumps(value)
+
+
+def render_defaults(path: str = DEFAULT_PATH) -> str:
+    """The commented default configuration: every section and key of ``Config``, with its default."""
+    lines = [_DEFAULTS_HEAD.format(path=path)]
+    for name, cls in _SECTIONS.items():
+        lines.append(f"[{name}]")
+        defaults = cls()
+        for f in dataclasses.fields(cls):
+            setting = f"# {f.name} = {toml_value(getattr(defaults, f.name))}"
+            note = _HELP.get(f"{name}.{f.name}")
+            lines.append(f"{setting:<40} # {note}" if note else setting)
+        lines.append("")
+    return "\n".join(lines)

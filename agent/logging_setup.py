@@ -1,4 +1,12 @@
-"""Configure structlog once, in main: console output on a terminal, JSON lines otherwise (journald).
+"""Configure structlog once, in main.
+
+Two styles:
+* ``daemon`` (``minerwatch run``): console output on a terminal, JSON lines otherwise (journald).
+  Python warnings (``warnings.warn`` by us or a library) become JSON events too
+  (``python_warning``), so nothing but JSON reaches the journal.
+* ``command`` (sweep, release, alerts test...): a command's own warnings are one readable line on
+  stderr (``minerwatch: warning: docker unreachable: url=... error=...``), on a terminal or not;
+  JSON lines only when asked for (``MINERWATCH_LOG_FORMAT=json``).
 
 Log values often carry what a process or a container supplied (a command line, a path, a
 container name). On a terminal, the rendered line goes through ``agent.text.terminal_safe``
@@ -13,8 +21,10 @@ every control character (and, with its default ``ensure_ascii``, all of non-ASCI
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import traceback
+import warnings
 
 import structlog
 
@@ -77,19 +87,49 @@ class TerminalSafe:
         return terminal_safe(self.renderer(logger, name, event_dict), keep_newlines=True)
 
 
-def configure(level: str = "info", stream=None) -> None:
+def _command_line_renderer(_logger, name: str, event_dict: dict) -> str:
+    """One readable line: ``minerwatch: warning: docker unreachable: url=... error=...``."""
+    event_dict.pop("timestamp", None)
+    level = event_dict.pop("level", name)
+    event = str(event_dict.pop("event", "")).replace("_", " ")
+    exception = event_dict.pop("exception", None)
+    rest = " ".join(f"{k}={v}" for k, v in event_dict.items() if v not in (None, ""))
+    line = f"minerwatch: {level}: {event}" + (f": {rest}" if rest else "")
+    if exception:
+        line += "\n" + str(exception)
+    return terminal_safe(line, keep_newlines=True)
+
+
+def json_requested() -> bool:
+    return os.environ.get("MINERWATCH_LOG_FORMAT", "").lower() == "json"
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """``warnings.showwarning`` replacement: a warning is a structlog event, one JSON line in the journal."""
+    structlog.get_logger("minerwatch.python").warning(
+        "python_warning", category=category.__name__, message=str(message)[:2000], where=f"{filename}:{lineno}")
+
+
+def configure(level: str = "info", stream=None, *, style: str = "daemon") -> None:
+    """``style``: ``daemon`` (JSON unless on a terminal; Python warnings as events) or ``command``."""
     stream = stream or sys.stderr
     processors = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
-    if stream.isatty():
+    if json_requested() or (style == "daemon" and not stream.isatty()):
+        processors.append(structlog.processors.format_exc_info)
+        renderer = structlog.processors.JSONRenderer()
+    elif style == "daemon":
         processors += [format_exc_info_escaped, escape_event]
         renderer = TerminalSafe(structlog.dev.ConsoleRenderer(colors=False))
     else:
-        processors.append(structlog.processors.format_exc_info)
-        renderer = structlog.processors.JSONRenderer()
+        processors.append(format_exc_info_escaped)
+        renderer = _command_line_renderer
+    if style == "daemon":
+        warnings.showwarning = _show_warning
+        logging.captureWarnings(False)  # warnings go to structlog, not to the logging module
     structlog.configure(
         processors=[*processors, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),

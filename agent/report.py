@@ -1,4 +1,10 @@
-"""The human sweep report: progress while it works, then a table and a summary.
+"""The human sweep report: progress while it works, then the findings and a summary.
+
+Where the report goes decides its shape: on a terminal a table (rich); in a pipe or a file one
+plain block per finding (severity, subject, container, its strongest evidence, one line each,
+never wrapped) and a one-line summary, so ``grep``, ``mail`` and cron get something readable.
+``quiet``: the findings only. ``verbose``: also every process that could only be read in part,
+and why.
 
 Everything a process, a container, an image or a file name supplied is passed through
 ``agent.text.terminal_safe`` (no control character reaches the terminal) and handed to rich
@@ -14,10 +20,32 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 from rich.text import Text
 
-from agent.model import Finding, Severity
+from agent.model import Finding, ProcessSnapshot, Severity
 from agent.text import terminal_safe
 
 _STYLE = {Severity.CRITICAL: "bold red", Severity.HIGH: "red", Severity.MEDIUM: "yellow", Severity.LOW: "cyan"}
+_PLURALS = {"process": "processes", "finding": "findings", "container": "containers", "file": "files"}
+PLAIN_EVIDENCE = 3  # evidence lines per finding in a plain block (the strongest first)
+# Why a field of a process may be missing from a snapshot (agent.collectors.procfs: a field it
+# could not read goes to ProcessSnapshot.partial).
+_PARTIAL_WHY = {
+    "hashes": "executable not hashed: larger than [watch] max_file_mb, not a regular file, or unreadable",
+    "exe": "executable link unreadable (permission denied or a kernel-refused read)",
+}
+
+
+def plural(n: int, word: str) -> str:
+    """``1 finding``, ``2 findings``, ``1 process``, ``0 processes``."""
+    return f"{n} {word if n == 1 else _PLURALS.get(word, word + 's')}"
+
+
+def partial_reason(fields: tuple[str, ...]) -> str:
+    """What was not read and why, for one process (``-v``)."""
+    why = [_PARTIAL_WHY[f] for f in fields if f in _PARTIAL_WHY]
+    rest = [f for f in fields if f not in _PARTIAL_WHY]
+    if rest:
+        why.append(f"{', '.join(rest)} unreadable (permission denied, or the kernel refused the read)")
+    return "; ".join(why)
 
 
 class Reporter:
@@ -42,10 +70,30 @@ class Reporter:
 
             yield update
 
-    def print_report(self, result, shown: list[Finding], level: Severity, stream) -> None:
+    def print_report(self, result, shown: list[Finding], level: Severity, stream, *, quiet: bool = False,
+                     verbose: bool = False, partial: list[ProcessSnapshot] | tuple = ()) -> None:
         out = Console(file=stream, highlight=False, soft_wrap=False)
+        if out.is_terminal:
+            self._table(out, shown, level, quiet)
+        else:
+            out = Console(file=stream, highlight=False, soft_wrap=True, color_system=None, width=10_000)
+            for f in shown:
+                _plain_block(out, f)
+        if quiet:
+            return
+        out.print(Text(summary(result, shown, level)))
+        for note in result.notes:
+            out.print(Text(f"note: {terminal_safe(note)}"))
+        if verbose:
+            for proc in partial:
+                what = terminal_safe(proc.exe or proc.name or "?")
+                out.print(Text(f"partly read: pid {proc.pid} {what}: {partial_reason(proc.partial)}"))
+
+    @staticmethod
+    def _table(out: Console, shown: list[Finding], level: Severity, quiet: bool) -> None:
         if shown:
-            table = Table(title=f"minerwatch sweep: {len(shown)} finding(s) at or above {level.word}", show_lines=True)
+            table = Table(title=f"minerwatch sweep: {plural(len(shown), 'finding')} at or above {level.word}",
+                          show_lines=True)
             for col in ("severity", "score", "where", "process / file", "evidence"):
                 table.add_column(col, overflow="fold")
             for f in shown:
@@ -56,16 +104,47 @@ class Reporter:
                 table.add_row(Text(f.severity.word, style=_STYLE[f.severity]), Text(str(f.score)), Text(_where(f)),
                               Text(_what(f)), Text("\n".join(lines)))
             out.print(table)
-        else:
+        elif not quiet:
             out.print(f"minerwatch sweep: nothing at or above {level.word}")
-        below = len(result.findings) - len(shown)
-        out.print(
-            f"{result.processes} processes, {result.containers} containers, {result.files} files checked in "
-            f"{result.duration_s:.2f} s; {below} finding(s) below {level.word}; "
-            f"{result.partial_processes} processes partly unreadable"
-        )
-        for note in result.notes:
-            out.print(Text(f"note: {terminal_safe(note)}"))
+
+
+def summary(result, shown: list[Finding], level: Severity) -> str:
+    """The one summary line."""
+    below = len(result.findings) - len(shown)
+    head = f"{plural(len(shown), 'finding')} at or above {level.word}" if shown else f"nothing at or above {level.word}"
+    return (
+        f"minerwatch sweep: {head}; {plural(result.processes, 'process')}, "
+        f"{plural(result.containers, 'container')} and {plural(result.files, 'file')} checked in "
+        f"{result.duration_s:.2f} s; {below} below {level.word}; "
+        f"{plural(result.partial_processes, 'process')} only partly read"
+    )
+
+
+def _plain_block(out: Console, f: Finding) -> None:
+    """One finding, plain: a head line, then indented ``key: value`` lines, then a blank line."""
+    lines = [f"{f.severity.word.upper()} (score {f.score}) {terminal_safe(f.rule_name)}"]
+    if f.process is not None:
+        p = f.process
+        lines.append(f"  process: pid {p.pid} {terminal_safe(p.exe or p.name)}")
+        cmd = terminal_safe(p.command_line)
+        if cmd:
+            lines.append(f"  command: {cmd if len(cmd) <= 200 else cmd[:197] + '...'}")
+    elif f.file is not None:
+        lines.append(f"  file: {terminal_safe(f.file.path)}")
+    if f.container is not None:
+        c = f.container
+        ident = c.id[:12] + (f", image {terminal_safe(c.image)}" if c.image else "")
+        named = f"{terminal_safe(c.name)} ({ident})" if c.name else ident
+        lines.append(f"  container: {named}")
+    else:
+        lines.append("  container: none (host)")
+    for e in sorted(f.evidence, key=lambda e: -e.weight)[:PLAIN_EVIDENCE]:
+        lines.append(f"  evidence ({terminal_safe(e.signal)}): {terminal_safe(e.detail)}")
+    if len(f.evidence) > PLAIN_EVIDENCE:
+        lines.append(f"  (+{len(f.evidence) - PLAIN_EVIDENCE} more: --json has all)")
+    if f.response.action != "none":
+        lines.append(terminal_safe(f"  response: {f.response.action} {f.response.result}: {f.response.reason}"))
+    out.print(Text("\n".join(lines) + "\n"))
 
 
 def _where(f: Finding) -> str:

@@ -1,4 +1,8 @@
-"""The ``minerwatch`` command: one module per subcommand, one top-level error handler."""
+"""The ``minerwatch`` command: one module per subcommand, one top-level error handler.
+
+Exit codes every command shares: 2 a usage or configuration error (the message names what),
+130 interrupted (Ctrl-C), as a shell reports a command killed by SIGINT.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +10,25 @@ import sys
 
 import click
 
+from agent import __version__
 from agent.errors import MinerwatchError
 from agent.text import terminal_safe
 
+EXIT_INTERRUPTED = 130
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "-V", "--version", prog_name="minerwatch", message="%(prog)s %(version)s")
 def cli() -> None:
     """minerwatch: find cryptominers among host and container processes."""
 
 
 def _register() -> None:
-    from agent.cli import alerts_cmd, release_cmd, run_cmd, scan_image_cmd, signatures_cmd, sweep_cmd, version_cmd
+    from agent.cli import (alerts_cmd, config_cmd, release_cmd, run_cmd, scan_image_cmd, signatures_cmd, sweep_cmd,
+                           version_cmd)
 
     cli.add_command(alerts_cmd.alerts)
+    cli.add_command(config_cmd.config)
     cli.add_command(release_cmd.release)
     cli.add_command(scan_image_cmd.scan_image)
     cli.add_command(run_cmd.run)
@@ -37,9 +47,10 @@ def main(argv: list[str] | None = None) -> None:
     except MinerwatchError as exc:
         click.echo(f"minerwatch: error: {terminal_safe(str(exc), keep_newlines=True)}", err=True)
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        click.echo("minerwatch: aborted", err=True)
-        sys.exit(2)
+    except (click.exceptions.Abort, KeyboardInterrupt) as exc:
+        interrupted = isinstance(exc, KeyboardInterrupt) or isinstance(exc.__cause__, KeyboardInterrupt)
+        click.echo("minerwatch: interrupted" if interrupted else "minerwatch: aborted", err=True)
+        sys.exit(EXIT_INTERRUPTED if interrupted else 2)
     except click.ClickException as exc:
         exc.show()
         sys.exit(2)
