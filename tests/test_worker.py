@@ -22,6 +22,7 @@ from agent.daemon.behaviour import BehaviourModel
 from agent.daemon.bulk import BulkLane, UseRules
 from agent.daemon.containers import ContainerRegistry
 from agent.daemon.emitter import Emitter
+from agent.daemon.known_execs import KnownExecutables
 from agent.daemon.tracker import ProcessTracker
 from agent.daemon.worker import Parts, Worker, WorkerStats
 from agent.events import ContainerEvent, EventQueue, ExecEvent, FileEvent, FileScanned, MemoryScan, MemoryScanned, Reload
@@ -142,6 +143,7 @@ class Rig:
             file_watcher=self.watcher,
             containers=ContainerRegistry(self.docker, judge, self.watcher),
             tracker=ProcessTracker(max_tracked=max_tracked),
+            known=KnownExecutables(),
             behaviour=BehaviourModel(clock=self.clock),
             sampler=CpuSampler(clock=self.clock),
             judge=judge,
@@ -452,3 +454,46 @@ def test_a_unit_of_work_over_its_budget_is_counted_and_logged(tmp_path):
     assert rig.stats.over_budget == {"ContainerEvent": 1}
     (slow,) = [e for e in logs if e["event"] == "work_over_budget"]
     assert slow["unit"] == "ContainerEvent" and slow["seconds"] == 1.5 and CID[:12] in slow["subject"]
+
+
+def test_a_clean_known_executable_stops_at_a_glance_and_anything_suspicious_is_read_whole(tmp_path, spawn):
+    """The first exec of a program is read whole and, clean, makes its file known; the next exec of the
+    same file is quiet at a glance (still tracked, read whole by the next pass); the same known file with
+    a miner's command line, or a copy of it elsewhere, is read whole at once."""
+    import shutil
+
+    rig = Rig(tmp_path)
+    first = spawn(["sleep", "30"])
+    procs.wait_until(lambda: procs.cmdline(first.pid), 5, 0.02, "exec'd")
+    rig.worker.handle(ExecEvent(first.pid))
+    assert rig.stats.execs == {"read_whole": 1} and len(rig.parts.known) == 1
+    second = spawn(["sleep", "31"])
+    procs.wait_until(lambda: procs.cmdline(second.pid), 5, 0.02, "exec'd")
+    rig.worker.handle(ExecEvent(second.pid))
+    assert rig.stats.execs["quiet_at_a_glance"] == 1 and second.pid in rig.parts.tracker
+    rig.worker.periodic()
+    assert rig.parts.tracker.get(second.pid).checks == 2, "the pass reads a glanced process whole"
+    miner_args = spawn(["sh", "-c", "sleep 30", "xmrig", "-o", "stratum+tcp://127.0.0.1:3333", "--donate-level", "1"])
+    clean_sh = spawn(["sh", "-c", "sleep 30"])
+    for p in (clean_sh, miner_args):
+        procs.wait_until(lambda p=p: procs.cmdline(p.pid), 5, 0.02, "exec'd")
+        rig.worker.handle(ExecEvent(p.pid))
+    assert rig.findings_for(miner_args.pid), "a miner's command line on a known-clean shell is judged whole"
+    copy = tmp_path / "sleep-copy"
+    shutil.copy2(shutil.which("sleep"), copy)
+    moved = spawn([copy, "30"])
+    procs.wait_until(lambda: procs.cmdline(moved.pid), 5, 0.02, "exec'd")
+    before = rig.stats.execs["read_whole"]
+    rig.worker.handle(ExecEvent(moved.pid))
+    assert rig.stats.execs["read_whole"] == before + 1, "another file (another identity) is read whole"
+
+
+def test_a_reload_forgets_the_known_executables(tmp_path, spawn):
+    """New signatures may name a file that was clean: after a reload every program is read whole again."""
+    rig = Rig(tmp_path)
+    p = spawn(["sleep", "30"])
+    procs.wait_until(lambda: procs.cmdline(p.pid), 5, 0.02, "exec'd")
+    rig.worker.handle(ExecEvent(p.pid))
+    assert len(rig.parts.known) == 1
+    rig.worker.handle(Reload())
+    assert len(rig.parts.known) == 0

@@ -11,6 +11,7 @@ import dataclasses
 from pathlib import Path
 
 from agent.collectors import netns
+from agent.collectors.glance import Glance, glance
 from agent.collectors.hashing import HashCache
 from agent.collectors.procfs import ProcfsCollector
 from agent.collectors.yarascan import YARA_FILE_BYTES, YaraScanner
@@ -51,17 +52,32 @@ class SnapshotCollector:
     def container_pids(self, container_id: str) -> list[int]:
         return self.procfs.container_pids(container_id)
 
+    def glance(self, pid: int) -> Glance | None:
+        """The few reads an exec is judged on first (``collectors.glance``); None: read it fully."""
+        return glance(self.proc_root, pid)
+
     def snapshot(self, pid: int, tables: netns.NetTables | None = None) -> ProcessSnapshot | None:
         """A snapshot of ``pid`` (None: gone), its executable YARA-scanned."""
         snap = self.procfs.snapshot(pid, tables=tables)
         return self.scan_exe(snap) if snap is not None else None
 
     def scan_exe(self, proc: ProcessSnapshot) -> ProcessSnapshot:
-        """Attach YARA hits on the process's executable (read through /proc/PID/exe, cached by identity)."""
-        if proc.hashes is None or proc.is_kernel_thread or any(h.source == "file" for h in proc.yara):
+        """Attach YARA hits on the process's executable (read through /proc/PID/exe, cached by identity) and,
+        when that is the dynamic loader, on the program it runs (through /proc/PID/map_files).
+
+        An executable of any size gets YARA over its first ``max_bytes`` (one too big to hash too): padding a
+        binary hides nothing at its start; what was not read whole is marked ``yara`` in ``partial``."""
+        if proc.is_kernel_thread or not proc.exe or "exe" in proc.partial or any(h.source == "file" for h in proc.yara):
             return proc
-        hits = self.yara.scan_process_exe(self.proc_root, proc.pid)
-        return dataclasses.replace(proc, yara=proc.yara + hits) if hits else proc
+        hits, whole = self.yara.scan_process_file(self.proc_root, proc.pid)
+        if proc.program_mapping:
+            more, whole_program = self.yara.scan_process_file(self.proc_root, proc.pid,
+                                                              f"map_files/{proc.program_mapping}")
+            hits, whole = hits + tuple(h for h in more if h not in hits), whole and whole_program
+        partial = proc.partial if whole or "yara" in proc.partial else proc.partial + ("yara",)
+        if not hits and partial == proc.partial:
+            return proc
+        return dataclasses.replace(proc, yara=proc.yara + hits, partial=partial)
 
     def scan_memory(self, proc: ProcessSnapshot) -> ProcessSnapshot:
         hits = self.yara.scan_memory(proc.pid)

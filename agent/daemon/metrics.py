@@ -59,6 +59,12 @@ class DaemonCollector:
                                 value=s["last_scan_seconds"])
         yield CounterMetricFamily("minerwatch_detector_errors", "Detector crashes caught by the barrier",
                                   value=s["detector_errors"])
+        execs = CounterMetricFamily("minerwatch_execs", "Exec events by how they were judged", labels=["how"])
+        for how, n in sorted(s.get("execs", {}).items()):
+            execs.add_metric([how], n)
+        yield execs
+        yield GaugeMetricFamily("minerwatch_known_executables", "Executables judged clean whole (their execs stop "
+                                "at a glance)", value=s.get("known_executables", 0))
         slow = CounterMetricFamily("minerwatch_work_over_budget", "Units of work (events, periodic passes) that "
                                    "took longer than their time budget", labels=["unit"])
         for unit, n in sorted(s.get("over_budget", {}).items()):

@@ -193,6 +193,8 @@ class Daemon:
             "last_scan_seconds": s.last_scan_seconds,
             "detector_errors": w.p.judge.detector_errors,
             "over_budget": dict(s.over_budget),
+            "execs": dict(s.execs),
+            "known_executables": len(w.p.known),
             "tracker_evicted": w.p.tracker.evicted,
             "behaviour_evicted": w.p.behaviour.evicted,
             "behaviour_tracked": len(w.p.behaviour),

@@ -23,6 +23,7 @@ from agent.daemon.behaviour import BehaviourModel
 from agent.daemon.bulk import BulkLane
 from agent.daemon.containers import ContainerRegistry
 from agent.daemon.emitter import Emitter
+from agent.daemon.known_execs import KnownExecutables
 from agent.daemon.lifecycle import Lifecycle
 from agent.daemon.sd_notify import Notifier
 from agent.daemon.service import Collectors, Daemon
@@ -72,6 +73,7 @@ def build(config: Config, signatures: Signatures, *, config_path: str | None = N
         file_watcher=file_watcher,
         containers=ContainerRegistry(docker, judge, file_watcher),
         tracker=ProcessTracker(),
+        known=KnownExecutables(),
         behaviour=BehaviourModel(window_s=max(60.0, 12 * cfg.agent.interval), clock=clock),
         sampler=CpuSampler(proc_root=cfg.agent.proc_root, clock=clock),
         judge=judge,

@@ -36,6 +36,7 @@ if TYPE_CHECKING:  # the parts' types only: the worker is handed instances, it b
     from agent.daemon.bulk import BulkLane
     from agent.daemon.containers import ContainerRegistry
     from agent.daemon.emitter import Emitter
+    from agent.daemon.known_execs import KnownExecutables
     from agent.daemon.tracker import ProcessTracker
     from agent.judge import Judge
 
@@ -60,6 +61,7 @@ class WorkerStats:
     worker_errors: int = 0
     alert_spool_errors: int = 0
     over_budget: Counter = field(default_factory=Counter)  # units of work that took longer than their budget
+    execs: Counter = field(default_factory=Counter)  # quiet_at_a_glance, read_whole, glance_failed
 
 
 @dataclass
@@ -71,6 +73,7 @@ class Parts:
     file_watcher: FileWatcher  # watched paths and writable layers (the worker refreshes it)
     containers: ContainerRegistry  # containers, image evidence, cgroups, layer watches
     tracker: ProcessTracker  # which processes to look at again
+    known: KnownExecutables  # executables judged clean whole: their execs stop at a glance
     behaviour: BehaviourModel  # CPU behaviour and RandomX artefacts over time
     sampler: CpuSampler  # the periodic CPU readings that feed it
     judge: Judge  # pure: snapshot + context -> finding
@@ -153,7 +156,7 @@ class Worker:
     def handle(self, event) -> None:
         self.stats.events[type(event).__name__] += 1
         if isinstance(event, ExecEvent):
-            self.inspect_pid(event.pid)
+            self.on_exec(event.pid)
         elif isinstance(event, ContainerEvent):
             self.on_container(event)
         elif isinstance(event, FileScanned):
@@ -224,6 +227,37 @@ class Worker:
             self.own_children.add(snap.pid)
             return True
         return False
+
+    def on_exec(self, pid: int) -> None:
+        """An exec: a glance first (five reads); a known-clean executable with nothing on the glance is
+        quiet (tracked, read fully by the next passes if it lives on); anything else is read whole now."""
+        if pid == self.own_pid:
+            return
+        p = self.p
+        seen = p.snapshots.glance(pid)
+        if seen is None:
+            self.stats.execs["glance_failed"] += 1
+            self.inspect_pid(pid)
+            return
+        snap = seen.snap
+        if self.is_own(snap):
+            return
+        if (seen.exe_key is not None and seen.exe_key in p.known
+                and (not snap.container_id or snap.container_id in p.containers)
+                and not is_msr_modprobe(snap.cmdline)
+                and p.judge.process(snap, p.containers.get(snap.container_id),
+                                    p.containers.image_evidence(snap.container_id)) is None):
+            p.tracker.seen(snap)
+            p.containers.note_cgroup(snap.container_id, snap.cgroup_path)
+            self.stats.execs["quiet_at_a_glance"] += 1
+            return
+        self.stats.execs["read_whole"] += 1
+        full = p.snapshots.snapshot(pid, self.net_tables)
+        if full is None:
+            return
+        if self.judge(full) is None and full.start_ticks == snap.start_ticks and full.hashes is not None \
+                and seen.exe_key is not None and not self.is_own(full):
+            p.known.add(seen.exe_key)  # judged whole and clean: the next exec of this very file stops at a glance
 
     def inspect_pid(self, pid: int) -> None:
         if pid == self.own_pid:
@@ -334,6 +368,7 @@ class Worker:
         self.config, self.signatures = config, signatures
         p.judge = p.judge.with_signatures(config, signatures)
         p.snapshots.use(config, signatures)
+        p.known.clear()  # new rules and IOCs: what was clean is judged again
         p.bulk.submit(UseRules(p.snapshots.yara_scanner()))
         p.containers.use(p.judge)
         if config.watch.paths != old.watch.paths:

@@ -1,0 +1,61 @@
+"""A glance at a process that just called exec: the few reads that are enough to call most execs quiet.
+
+A busy CI runner execs hundreds of short-lived, known programs a second (compilers, shells,
+coreutils). A full snapshot reads a dozen files per process and hashes and YARA-scans what it
+does not know; a glance reads ``stat``, the ``exe`` link and the identity of the file it points
+at, ``cmdline`` and ``cgroup``, through one pinned ``/proc/PID`` descriptor, and nothing else.
+The worker judges the glance with the same detectors; only when the executable is one it has
+already seen clean and nothing on the glance is evidence does it stop there (the process is
+still tracked, and fully read in the next periodic passes if it lives on). Everything else gets
+the full snapshot at once.
+
+A glance carries ``partial=("glance",)``: its environment, working directory, sockets, config,
+hashes and YARA hits are not read, so it must never be reported as it is.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from agent.collectors import cgroups, procparse, procread
+from agent.collectors.hashing import CacheKey, cache_key
+from agent.model import ProcessSnapshot
+
+PF_KTHREAD = 0x00200000
+CGROUP_READ = 65536
+PARTIAL = ("glance",)
+
+
+@dataclass(frozen=True, slots=True)
+class Glance:
+    snap: ProcessSnapshot  # partial=("glance",)
+    exe_key: CacheKey | None  # identity of the executable file (device, inode, size, mtime, ctime)
+
+
+def glance(proc_root: str, pid: int) -> Glance | None:
+    """A glance at ``pid``; None when it is gone or could not be read whole (the caller reads it fully)."""
+    try:
+        dfd = os.open(f"{proc_root}/{pid}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        st = procread.parse_stat(procread.read_once("stat", dir_fd=dfd))
+        cg_text = procparse.decode(procread.read_once("cgroup", dir_fd=dfd, size=CGROUP_READ))
+        cid, runtime, path = cgroups.parse_cgroup(cg_text)
+        base = dict(pid=pid, ppid=st.ppid, name=st.comm, start_ticks=st.start_ticks, num_threads=st.num_threads,
+                    is_kernel_thread=bool(st.flags & PF_KTHREAD), container_id=cid, container_runtime=runtime,
+                    cgroup_path=path, cgroup_claim=cgroups.cgroup_claim(cg_text), partial=PARTIAL)
+        if base["is_kernel_thread"] or st.state in ("Z", "X"):
+            return Glance(ProcessSnapshot(**base), None)
+        exe, deleted = procparse.strip_deleted(procread.readlink("exe", dir_fd=dfd))
+        key = cache_key(os.stat("exe", dir_fd=dfd))  # follows the magic link: the very file it runs
+        args, _cut = procparse.cap_cmdline(procparse.split_cmdline(procread.read_bounded("cmdline", dir_fd=dfd)))
+        # Read last: if the process exited (or its PID was reused) meanwhile, stat tells.
+        if procread.parse_stat(procread.read_once("stat", dir_fd=dfd)).start_ticks != st.start_ticks:
+            return None
+    except (OSError, ValueError):  # gone, denied, malformed: the full snapshot sorts it out
+        return None
+    finally:
+        os.close(dfd)
+    return Glance(ProcessSnapshot(**base, exe=exe, exe_deleted=deleted, cmdline=tuple(args)), key)
