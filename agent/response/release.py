@@ -1,8 +1,11 @@
 """Undo a pause: unpause through Docker, thaw a frozen cgroup or SIGCONT a stopped host process.
 
 Used by ``minerwatch release CONTAINER``. CONTAINER is a name, an id or id prefix, or
-``pid:N`` for a host process the agent stopped. The pause record is removed and the
-container is remembered as released, so the agent does not pause it again.
+``pid:N`` for a host process the agent stopped. Only what minerwatch itself paused (by its own
+records, ``<state_dir>/paused.json``) is released; ``force`` also unpauses a container someone
+else paused. The pause record is removed and the container is remembered as released, so the
+agent does not pause it again while it lives (a new container, even of the same name, has a
+new id and is judged afresh).
 """
 
 from __future__ import annotations
@@ -36,11 +39,20 @@ class Released:
     by_agent: bool  # the agent had paused it
     by: str
     at: str
+    paused_at: str = ""  # when minerwatch paused it (from its record)
+    already: str = ""  # "USER at TIME" when an operator had released it before: nothing was done
 
     def message(self) -> str:
-        what = f"container {self.name or self.key[:12]}" if not self.key.startswith("pid:") else f"process {self.key[4:]}"
-        note = "" if self.by_agent else " (it was not paused by minerwatch)"
-        return f"released {what}: {self.how}{note}"
+        if self.key.startswith("pid:"):
+            return f"released process {self.key[4:]}: {self.how}"
+        what = f"container {self.name} ({self.key[:12]})" if self.name else f"container {self.key[:12]}"
+        if self.already:
+            return (f"{what} was already released by {self.already}: nothing done; "
+                    "minerwatch will not pause it again while it lives")
+        paused = f"paused by minerwatch at {self.paused_at}" if self.by_agent and self.paused_at else (
+            "paused by minerwatch" if self.by_agent else "not paused by minerwatch (--force)")
+        return (f"released {what}: {self.how} ({paused}); "
+                "minerwatch will not pause it again while it lives")
 
 
 def who() -> str:
@@ -56,8 +68,11 @@ def who() -> str:
 
 
 def release(ref: str, records: ResponseRecords, docker: DockerHandle, *,
-            freezer: CgroupFreezer | None = None, proc_root: str = "/proc", by: str | None = None) -> Released:
-    """Release ``ref``; ReleaseError when there is nothing to release or it fails."""
+            freezer: CgroupFreezer | None = None, proc_root: str = "/proc", by: str | None = None,
+            force: bool = False) -> Released:
+    """Release ``ref``; ReleaseError when there is nothing to release or it fails.
+
+    Without ``force`` only a container minerwatch's records say it paused is touched."""
     by, at = by or who(), now_iso()
     if ref.startswith("pid:"):
         return _release_pid(ref, records, proc_root, by, at)
@@ -75,6 +90,14 @@ def release(ref: str, records: ResponseRecords, docker: DockerHandle, *,
     key = info.id if info is not None else found[0] if found else ""
     if not key:
         raise ReleaseError(f"no container {ref!r} to release" + (f" ({docker_error})" if docker_error else ""))
+    if record is None and not force:
+        earlier = records.released().get(key)
+        if earlier is not None:
+            return Released(key, info.name if info is not None else "", "nothing done", False, by, at, already=earlier)
+        state = "is paused" if info is not None and info.paused else "is not paused"
+        raise ReleaseError(
+            f"container {ref!r} {state}, and minerwatch did not pause it (no record in {records.paused_path}): "
+            "nothing done; --force unpauses it anyway and keeps minerwatch from pausing it again while it lives")
     hows = []
     if record and str(record.get("method", "")).startswith("cgroup-"):
         hows.append(_thaw(record, key, freezer or CgroupFreezer()))
@@ -89,7 +112,8 @@ def release(ref: str, records: ResponseRecords, docker: DockerHandle, *,
     name = info.name if info is not None else str(record.get("name", "")) if record else ""
     records.remove_paused(key)
     records.mark_released(key, by, at)
-    out = Released(key, name, ", ".join(hows) or "was not paused", record is not None, by, at)
+    out = Released(key, name, ", ".join(hows) or "was not paused", record is not None, by, at,
+                   paused_at=str(record.get("at", "")) if record else "")
     log.warning("container_released", container=key[:12], name=name, how=out.how, paused_by_agent=out.by_agent,
                 paused_at=record.get("at") if record else None, by=by, at=at)
     return out
