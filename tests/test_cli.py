@@ -40,7 +40,43 @@ def test_signatures_check_bad_bundle_exits_2_with_every_issue():
     """A broken bundle exits 2 and lists bad entries with file and line."""
     out = mw("signatures", "check", str(REPO / "tests" / "data" / "bad_bundle"))
     assert out.returncode == 2
-    assert "hashes.txt:" in out.stderr and "problem(s) found" in out.stderr
+    assert "hashes.txt:" in out.stderr and "7 problems found" in out.stderr
+
+
+def test_signatures_check_aligns_its_facts_and_prints_no_python_dict():
+    """One fact a line, every value starting in the same column; a mapping (disabled YARA files) is
+    'name (why)', never a Python dict."""
+    out = mw("signatures", "check")
+    assert out.returncode == 0, out.stderr
+    facts = out.stdout.splitlines()[:-1]
+    assert out.stdout.splitlines()[-1] == "bundle is valid"
+    columns = {len(ln) - len(ln.split("  ", 1)[1].lstrip()) for ln in facts if ln.strip() and not ln.startswith(" ")}
+    assert len(columns) == 1, out.stdout
+    assert "{" not in out.stdout and "'" not in out.stdout.split("YARA files disabled", 1)[1].split("(", 1)[0]
+    assert any(ln.startswith("YARA files disabled ") and "noisy.yar (" in ln for ln in facts), out.stdout
+
+
+def test_signatures_manifest_regenerates_an_edited_bundle_and_the_hint_names_it(tmp_path):
+    """An edited copy of the bundle fails with a hint naming `minerwatch signatures manifest DIR` (not the
+    repository's script, which pip and .deb users do not have); that command makes it valid again."""
+    bundle = tmp_path / "sigs"
+    shutil.copytree(REPO / "signatures", bundle, ignore=shutil.ignore_patterns("__pycache__"))
+    with open(bundle / "miner_names.txt", "a") as f:
+        f.write("mwtestminer | minerwatch: a name added by this test\n")
+    bad = mw("signatures", "check", str(bundle))
+    assert bad.returncode == 2
+    assert "update_manifest" not in bad.stdout + bad.stderr
+    assert f"minerwatch signatures manifest {bundle}" in bad.stderr, bad.stderr
+    fixed = mw("signatures", "manifest", str(bundle))
+    assert fixed.returncode == 0, fixed.stderr
+    assert mw("signatures", "check", str(bundle)).returncode == 0
+    assert "mwtestminer" in (bundle / "miner_names.txt").read_text()
+
+
+def test_signatures_manifest_refuses_a_directory_that_is_no_bundle(tmp_path):
+    out = mw("signatures", "manifest", str(tmp_path))
+    assert out.returncode == 2 and "not a signature bundle" in out.stderr
+    assert not (tmp_path / "MANIFEST.sha256").exists()
 
 
 def test_unknown_subcommand_exits_2():

@@ -211,3 +211,20 @@ def test_help_lists_every_command():
     for name in ("config", "release", "sweep", "signatures", "alerts", "version", "run"):
         assert re.search(rf"^\s+{name}\b", run.stdout, re.M), run.stdout
     assert Path(REPO / "agent" / "cli" / "config_cmd.py").is_file()
+
+
+def test_alerts_test_keeps_the_raw_alert_out_of_its_status_lines(tmp_path):
+    """On a terminal (stdout and stderr on one screen) the ok/FAILED lines and the summary come together;
+    the stdout sink's raw test alert is printed after them, not among them."""
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'[agent]\nstate_dir = "{tmp_path}/state"\n[alerts]\nstdout = true\nfile = "{tmp_path}/alerts.jsonl"\n'
+                   'syslog = "tcp://127.0.0.1:9"\n')
+    code, shown = run_on_terminal([sys.executable, "-m", "agent", "alerts", "test", "--config", str(cfg),
+                                   "--timeout", "2"], cols=300)
+    lines = [ln for ln in ANSI.sub("", shown.decode("utf-8", "replace")).splitlines() if ln.strip()]
+    assert code == 1, lines
+    status = [i for i, ln in enumerate(lines) if ln.startswith(("ok ", "FAILED ", "test alert "))]
+    raw = [i for i, ln in enumerate(lines) if ln.startswith("{")]
+    assert len(status) == 4 and len(raw) == 1, lines
+    assert status == list(range(status[0], status[0] + 4)) and raw[0] > status[-1], lines
+    assert json.loads(lines[raw[0]])["tags"] == ["minerwatch-test"]

@@ -2,11 +2,14 @@
 
 Exit codes: 0 every sink took it, 1 a sink failed (or none is configured), 2 bad config.
 The alert goes straight to each sink, not through the daemon's spool, so the check works
-while the daemon runs and tells about this moment's pipe, not a retry later.
+while the daemon runs and tells about this moment's pipe, not a retry later. The ``ok`` /
+``FAILED`` lines and the summary go to stderr; the stdout sink's copy of the test alert is held
+back and printed on stdout after them, so the raw alert never lands between those lines.
 """
 
 from __future__ import annotations
 
+import io
 import uuid
 
 import click
@@ -45,10 +48,12 @@ def test(config_path: str | None, timeout: float) -> int:
     from agent import alert, logging_setup, trust
     from agent.sinks.base import Record, SinkError, encode
     from agent.sinks.configured import build_sinks
+    from agent.sinks.stdout import StdoutSink
 
-    logging_setup.configure("warning")
+    logging_setup.configure("warning", style="command")
     cfg = trust.load_config(config_path)  # as root: nothing another user can change (exit 2 naming the path)
-    sinks = build_sinks(cfg, timeout=timeout)
+    held = io.StringIO()  # what the stdout sink writes: shown after the status lines, not among them
+    sinks = [StdoutSink(held) if isinstance(s, StdoutSink) else s for s in build_sinks(cfg, timeout=timeout)]
     if not sinks:
         click.echo(f"minerwatch: no alert sink configured ([alerts] in {cfg.source})", err=True)
         return 1
@@ -66,4 +71,6 @@ def test(config_path: str | None, timeout: float) -> int:
         finally:
             sink.close()
     click.echo(f"test alert {synthetic['event']['id']}: {len(sinks) - failed} of {len(sinks)} sinks took it", err=True)
+    if held.getvalue():
+        click.echo(held.getvalue(), nl=False)
     return 1 if failed else 0
