@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Install everything the test suite needs, idempotently and quickly when already done:
-#   - Debian packages: docker.io (engine), busybox-static (test image), gcc + libc6-dev
-#     (static test helpers), openssl (self-signed certs), ca-certificates, python3-venv
-#     (only when the chosen python cannot create a venv), debootstrap and
+#   - Debian packages: python3, python3-venv and file (a fresh Debian 12 has none of them;
+#     file is used by tests/test_infra.py), docker.io (engine), busybox-static (test image), gcc + libc6-dev
+#     (static test helpers), openssl (self-signed certs), ca-certificates, debootstrap and
 #     debian-archive-keyring (the Debian 12 image of the systemd and rsyslog tests, built
 #     once per machine from the apt sources' mirror: tests/helpers/debian_image.py);
 #   - a virtualenv at .venv with `pip install -e '.[test]'`, redone only when
@@ -58,7 +58,7 @@ apt_install() {
 }
 
 # --- Debian packages -------------------------------------------------------------------
-WANT=(docker.io busybox-static gcc libc6-dev openssl ca-certificates procps systemd binutils
+WANT=(python3 python3-venv file docker.io busybox-static gcc libc6-dev openssl ca-certificates procps systemd binutils
       debootstrap debian-archive-keyring)
 MISSING=()
 for p in "${WANT[@]}"; do pkg_installed "$p" || MISSING+=("$p"); done
