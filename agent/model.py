@@ -65,6 +65,12 @@ class MinerConfig:
     pools: tuple[str, ...] = ()  # pool URLs found in it
     users: tuple[str, ...] = ()  # wallet / user strings found in it
     keys: tuple[str, ...] = ()  # miner-specific top-level keys seen (randomx, cpu, donate-level...)
+    # Where it was found: "explicit" (named by -c/--config...), "exe-dir" (beside the executable or the
+    # program), "cwd" (the working directory), "home" ($HOME/.xmrig.json, $HOME/.config/xmrig.json); "": unknown.
+    origin: str = ""
+    # False: nothing in it but bare host:port pools with user/pass (what a database connection pool has too):
+    # no stratum URL, no mining key, no wallet-length login, no miner key at its top level.
+    shaped: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +83,9 @@ class YaraHit:
     category: str = "miner"  # from the rule's meta: "miner", "packer", ...
     weight: int = 0  # from the rule's meta
     description: str = ""
+    # Memory hits: the kind of region most of its matched strings lie in (memread.KINDS: "code" for the
+    # image of a file executed in the process, "anon-exec", "heap", "stack", "data"); "" for files.
+    region: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +119,12 @@ class ProcessSnapshot:
     net_ns: int = 0  # inode of /proc/PID/ns/net
     connections: tuple[Connection, ...] = ()
     miner_config: MinerConfig | None = None
+    # When ``exe`` is the dynamic loader (``ld-linux-x86-64.so.2 PROGRAM ...``): the program it runs, as
+    # its mapping's path reads in /proc/PID/maps, that file's hashes, and its first mapping ("lo-hi", the
+    # name in /proc/PID/map_files). Hash, YARA, name and config checks apply to it as to ``exe``.
+    program: str = ""
+    program_hashes: Hashes | None = None
+    program_mapping: str = ""
     partial: tuple[str, ...] = ()  # names of fields that could not be read
     yara: tuple[YaraHit, ...] = ()  # filled in by the YARA scanner after collection
     behaviour: BehaviourVerdict | None = None  # filled in by the daemon from its behaviour model
@@ -121,6 +136,11 @@ class ProcessSnapshot:
     @property
     def exe_name(self) -> str:
         return self.exe.rsplit("/", 1)[-1] if self.exe else ""
+
+    @property
+    def program_name(self) -> str:
+        """Base name of the program a loader runs ("" when there is none)."""
+        return self.program.rsplit("/", 1)[-1] if self.program else ""
 
 
 @dataclass(frozen=True, slots=True)

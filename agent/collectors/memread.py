@@ -23,6 +23,8 @@ from __future__ import annotations
 import errno
 import json
 import os
+import posixpath
+import re
 import stat
 import sys
 from collections.abc import Callable
@@ -57,13 +59,86 @@ class Region:
     start: int
     length: int  # bytes to read from start (already capped)
     rank: int  # 0 is read first
+    kind: str = ""  # KINDS: what the bytes are, for judging a YARA hit that lies in them
 
 
-def _rank(perms: str, path: str, exe: str | None) -> int | None:
+# What a region holds: the image of a program or library that is executed here (its code and its
+# read-only data: where a miner's own strings are), anonymous executable memory (unpacked or JIT code),
+# the heap, the stack, or other data (anonymous buffers, mapped data files).
+KINDS = ("code", "anon-exec", "heap", "stack", "data")
+
+# --------------------------------------------------------------------------- the program behind a loader
+# ``/lib64/ld-linux-x86-64.so.2 PROGRAM ARGS`` runs PROGRAM with /proc/PID/exe naming the loader.
+_LOADER = re.compile(r"^ld(?:-linux(?:-[a-z0-9_-]+)?|64|-musl-[a-z0-9_]+|-uClibc)?\.so(?:\.[0-9]+)*$")
+# ld.so options that take a value (glibc elf/rtld.c; musl ldso/dynlink.c: --library-path, --preload, --argv0)
+_LOADER_VALUE_OPTIONS = frozenset({"--library-path", "--preload", "--argv0", "--audit", "--inhibit-rpath",
+                                   "--glibc-hwcaps-prefix", "--glibc-hwcaps-mask"})
+
+
+def is_loader(path: str) -> bool:
+    """Is ``path`` a dynamic loader (ld-linux-x86-64.so.2, ld-linux-aarch64.so.1, ld-musl-x86_64.so.1, ld.so)?"""
+    return bool(path) and bool(_LOADER.match(path.rsplit("/", 1)[-1]))
+
+
+def loader_argument(argv: list[str] | tuple[str, ...]) -> str:
+    """The program a loader command line names: its first argument that is not a loader option."""
+    i = 1
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            return argv[i + 1] if i + 1 < len(argv) else ""
+        if not arg.startswith("--"):
+            return arg
+        i += 2 if arg in _LOADER_VALUE_OPTIONS else 1
+    return ""
+
+
+def _strip_deleted(path: str) -> str:
+    return path[:-len(" (deleted)")] if path.endswith(" (deleted)") else path
+
+
+def loader_program(maps: str, exe: str, argv, cwd: str = "") -> tuple[str, str] | None:
+    """``(path, "lo-hi")`` of the program a dynamic loader runs, or None (``exe`` is no loader, or no program).
+
+    The program is the executable file mapping that ``argv`` names (after the loader's options; by path,
+    then by base name: ``/lib`` may be a symlink to ``/usr/lib``); failing that (argv rewritten, file
+    renamed), the loader's first object: ld.so maps the program before its libraries, top-down, so it is
+    the highest executable file mapping that is not the loader's. ``lo-hi`` names its first mapping in
+    ``/proc/PID/map_files``."""
+    if not is_loader(exe):
+        return None
+    firsts: dict[str, str] = {}  # path -> its first mapping ("lo-hi")
+    executed: list[str] = []  # paths of files mapped executable
+    for line in maps.splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) < 6 or fields[4] == "0" or not fields[5].startswith("/"):
+            continue
+        path = _strip_deleted(fields[5])
+        if path == exe or is_loader(path):
+            continue
+        firsts.setdefault(path, fields[0])
+        if "x" in fields[1] and path not in executed:
+            executed.append(path)
+    mapped = {p: firsts[p] for p in executed}
+    if not mapped:
+        return None
+    target = loader_argument(list(argv))
+    if target:
+        want = posixpath.normpath(posixpath.join(cwd or "/", target))
+        if want in mapped:
+            return want, mapped[want]
+        same = [p for p in mapped if p.rsplit("/", 1)[-1] == want.rsplit("/", 1)[-1]]
+        if len(same) == 1:
+            return same[0], mapped[same[0]]
+    path = max(mapped, key=lambda p: int(mapped[p].partition("-")[0], 16))
+    return path, mapped[path]
+
+
+def _rank(perms: str, path: str, exe: str | None, program: str = "") -> int | None:
     """Reading order of one mapping, or None to skip it (unreadable, shared, kernel, device, system)."""
     if perms[0] != "r" or perms[3] != "p" or path.startswith(_SKIP_NAMES):
         return None
-    if exe is not None and path == exe:
+    if (exe is not None and path == exe) or (program and _strip_deleted(path) == program):
         return 0
     if path == "[heap]":
         return 1
@@ -80,30 +155,47 @@ def _rank(perms: str, path: str, exe: str | None) -> int | None:
 Skip = Callable[[int, int, str, str, str], bool]
 
 
+def _kind(perms: str, path: str, images: set[str], rank: int) -> str:
+    """What a readable mapping holds (``KINDS``); ``images``: paths of files mapped executable here."""
+    if rank == 0 or (path.startswith("/") and not path.startswith("/dev/zero") and _strip_deleted(path) in images):
+        return "code"
+    anonymous = not path or path.startswith(("[anon", "/dev/zero"))
+    if anonymous and perms[2] == "x":
+        return "anon-exec"
+    if path == "[heap]":
+        return "heap"
+    if path.startswith("[stack"):
+        return "stack"
+    return "data"
+
+
 def plan_regions(maps: str, exe: str | None, limits: MemoryLimits,
-                 skip: Skip | None = None) -> tuple[list[Region], int, int]:
+                 skip: Skip | None = None, program: str = "") -> tuple[list[Region], int, int]:
     """Choose what to read from a ``/proc/PID/maps`` text: (regions, skipped, truncated).
 
-    ``exe`` is the ``/proc/PID/exe`` link text: mappings of that path are the program itself.
+    ``exe`` is the ``/proc/PID/exe`` link text: mappings of that path are the program itself, and so
+    are those of ``program`` (the program a dynamic loader runs: ``loader_program``), wherever it lies.
     ``skip`` is asked about every file mapping (inode not 0) that would otherwise be read.
     """
     candidates, skipped = [], 0
-    for line in maps.splitlines():
-        fields = line.split(maxsplit=5)
+    lines = [line.split(maxsplit=5) for line in maps.splitlines()]
+    images = {_strip_deleted(f[5]) for f in lines if len(f) > 5 and len(f[1]) > 2 and f[1][2] == "x"
+              and f[5].startswith("/") and f[4] != "0"}
+    for fields in lines:
         if len(fields) < 5:
             continue
         start, _, end = fields[0].partition("-")
         lo, hi = int(start, 16), int(end, 16)
         path = fields[5] if len(fields) > 5 else ""
-        rank = _rank(fields[1], path, exe)
+        rank = _rank(fields[1], path, exe, program)
         if rank is not None and skip is not None and fields[4] != "0" and skip(lo, hi, fields[3], fields[4], path):
             rank = None
         if rank is None or hi >= 1 << 63:
             skipped += fields[1][0] == "r"
             continue
-        candidates.append((rank, hi - lo, lo))
+        candidates.append((rank, hi - lo, lo, _kind(fields[1], path, images, rank)))
     regions, truncated, left = [], 0, limits.total_bytes
-    for rank, size, lo in sorted(candidates):
+    for rank, size, lo, kind in sorted(candidates):
         # The program's own segments and its heap hold its strings: read up to region_bytes of
         # them; of any other large mapping (a dataset, a cache, a buffer) only the head.
         length = size if size <= limits.region_bytes else limits.region_bytes if rank <= 1 else limits.head_bytes
@@ -112,7 +204,7 @@ def plan_regions(maps: str, exe: str | None, limits: MemoryLimits,
             skipped += 1
             continue
         truncated += length < size
-        regions.append(Region(lo, length, rank))
+        regions.append(Region(lo, length, rank, kind))
         left -= length
     return regions, skipped, truncated
 
@@ -210,14 +302,26 @@ def main(argv: list[str]) -> int:
             exe = os.readlink(f"{base}/exe")
         except OSError:  # a kernel thread or a zombie: no executable to recognise
             exe = None
+        program = ""
+        if exe is not None and is_loader(exe):
+            with open(f"{base}/cmdline", "rb") as f:
+                argv = [a.decode("utf-8", "surrogateescape") for a in f.read(1 << 16).split(b"\0")]
+            try:
+                cwd = os.readlink(f"{base}/cwd")
+            except OSError:
+                cwd = ""
+            found = loader_program(maps, exe, argv, cwd)
+            program = found[0] if found else ""
         if _start_ticks(base) != born:
             raise OSError(errno.ESRCH, f"pid {pid} was reused")
         check = FsCheck(base, mount_types(mountinfo), limits.unsafe_fs)
-        regions, skipped, truncated = plan_regions(maps, exe, limits, check)
+        regions, skipped, truncated = plan_regions(maps, exe, limits, check, program)
         size = sum(GAP + r.length for r in regions)
+        # layout: [length, kind] of each region in buffer order (each after GAP zero bytes)
         out.write(json.dumps({"size": size, "regions": len(regions), "regions_skipped": skipped,
                               "regions_truncated": truncated, "regions_unsafe_fs": check.unsafe_fs,
-                              "regions_device": check.devices}).encode() + b"\n")
+                              "regions_device": check.devices,
+                              "layout": [[r.length, r.kind] for r in regions]}).encode() + b"\n")
         read = bad = 0
         gap = bytes(GAP)
         for region in regions:

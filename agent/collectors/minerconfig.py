@@ -1,10 +1,16 @@
 """Find and parse a process's miner configuration (xmrig-style ``config.json``).
 
-Where a miner looks for its config, we look: the file named by ``-c FILE`` /
-``--config FILE`` / ``--config=FILE`` (relative to the working directory; never for a shell or
-an interpreter, whose ``-c`` is code), then
+Where a miner looks for its config, we look, in its order: the file named by ``-c FILE`` /
+``--config FILE`` / ``--config=FILE`` / ``--config-file FILE`` (``miner_args.CONFIG_OPTIONS``;
+relative to the working directory; never for a shell or an interpreter, whose ``-c`` is code), then
 ``config.json``, ``xmrig.json``, ``.xmrig.json`` and ``config.jsonc`` in the working
-directory and next to the executable.
+directory and next to the executable (the program, for one run by the dynamic loader), then
+``$HOME/.xmrig.json`` and ``$HOME/.config/xmrig.json``. XMRig 6 reads, when no ``-c`` is given,
+``config.json`` beside its binary, then ``$HOME/.xmrig.json``, then ``$HOME/.config/xmrig.json``
+(xmrig/xmrig ``src/base/kernel/Base.cpp`` ``BasePrivate::load``: ``Process::location(DataLocation,
+"config.json")``, then ``HomeLocation`` ``"." APP_ID ".json"`` and ``".config/" APP_ID ".json"``);
+its home is libuv's ``uv_os_homedir``, which is ``$HOME`` first. ``HOME`` comes from the process's
+own environment and is resolved beneath its own root like every other path.
 
 Files are read in the process's own view of the file system without ever leaving it:
 the working directory through ``/proc/PID/cwd``, absolute paths beneath ``/proc/PID/root``,
@@ -15,6 +21,7 @@ point the agent at a host file. Anything that is not a regular file of at most
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -27,6 +34,7 @@ from agent.miner_args import config_args
 from agent.model import MinerConfig
 
 CONFIG_NAMES = ("config.json", "xmrig.json", ".xmrig.json", "config.jsonc")
+HOME_CONFIGS = (".xmrig.json", ".config/xmrig.json")  # beneath $HOME, in XMRig's order
 MAX_CONFIG_BYTES = 1 << 20
 _ABSENT_MAX = 20_000
 
@@ -35,7 +43,9 @@ STRONG_KEYS = frozenset({"randomx", "donate-level", "donate-over-proxy", "cpu-ma
 WEAK_KEYS = frozenset({"cpu", "cuda", "opencl", "algo", "coin", "huge-pages", "hash-rate", "pool", "wallet"})
 # Pool entry keys besides url that say "this is a mining pool" (a db connection pool has url too).
 _POOL_ENTRY_KEYS = frozenset({"user", "pass", "wallet", "worker", "rig-id", "nicehash", "keepalive", "algo", "coin",
-                              "tls-fingerprint", "daemon", "self-select", "submit-to-origin"})
+                              "tls-fingerprint", "daemon", "self-select", "submit-to-origin",
+                              # xmr-stak pools.txt entries (fireice-uk/xmr-stak doc/usage.md, pools.txt template)
+                              "wallet_address", "pool_password", "rig_id", "use_nicehash", "use_tls"})
 _STRATUM = re.compile(r"stratum[0-9]?\+(?:tcp|ssl|tls)://|^stratum[0-9]?://", re.IGNORECASE)
 _HOST_PORT = re.compile(r"^[\w.-]+:\d{2,5}$")
 
@@ -88,9 +98,20 @@ def _loads(text: str):
         return None
 
 
+# Entry keys every connection pool has (a database's too): alone, they make no mining pool.
+_GENERIC_ENTRY_KEYS = frozenset({"user", "pass"})
+_WALLET_LIKE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+:-]{29,}$")  # a payout address (+ worker): 30+ characters
+
+
 def _is_pool_url(url: str, keys=frozenset()) -> bool:
     """A stratum URL, or a bare ``host:port`` next to pool keys (user, pass, algo...)."""
     return bool(_STRATUM.search(url) or (_HOST_PORT.match(url) and _POOL_ENTRY_KEYS & keys))
+
+
+def _mining_entry(url: str, keys, user: str) -> bool:
+    """More than a connection: a stratum URL, a mining key beside the URL (algo, rig-id, keepalive...) or a
+    wallet-length login. ``{"url": "db:5432", "user": "app", "pass": ...}`` is what a database pool has too."""
+    return bool(_STRATUM.search(url) or (_POOL_ENTRY_KEYS & keys) - _GENERIC_ENTRY_KEYS or _WALLET_LIKE.match(user))
 
 
 def _str(v) -> str:
@@ -100,6 +121,7 @@ def _str(v) -> str:
 def _from_object(obj: dict, path: str) -> MinerConfig | None:
     pools: list[str] = []
     users: list[str] = []
+    shaped = bool(STRONG_KEYS & obj.keys() or (WEAK_KEYS - {"pool"}) & obj.keys())  # miner keys at the top
     entries = obj.get("pools")
     if isinstance(entries, dict):  # some miners key pools by name
         entries = list(entries.values())
@@ -110,12 +132,14 @@ def _from_object(obj: dict, path: str) -> MinerConfig | None:
             url = _str(entry.get("url"))
             if url and _is_pool_url(url, entry.keys()):
                 pools.append(url)
+                shaped = shaped or _mining_entry(url, entry.keys(), _str(entry.get("user")))
                 for k in ("user", "wallet"):
                     if _str(entry.get(k)):
                         users.append(entry[k])
     url = _str(obj.get("url")) or _str(obj.get("pool"))
     if url and _is_pool_url(url, obj.keys()):
         pools.append(url)
+        shaped = shaped or _mining_entry(url, obj.keys(), _str(obj.get("user")))
     for k in ("user", "wallet"):
         if _str(obj.get(k)) and (pools or k == "wallet"):
             users.append(obj[k])
@@ -125,11 +149,12 @@ def _from_object(obj: dict, path: str) -> MinerConfig | None:
     if not (pools or strong or len(weak) >= 2):
         return None
     return MinerConfig(path=path, pools=tuple(dict.fromkeys(pools)), users=tuple(dict.fromkeys(users)),
-                       keys=tuple(keys))
+                       keys=tuple(keys), shaped=shaped)
 
 
-_RX_URL = re.compile(r'"url"\s*:\s*"([^"\n]{1,512})"')
-_RX_USER = re.compile(r'"(?:user|wallet)"\s*:\s*"([^"\n]{1,512})"')
+# "pool_address"/"wallet_address": xmr-stak's pools.txt, a JSON fragment rather than an object.
+_RX_URL = re.compile(r'"(?:url|pool_address)"\s*:\s*"([^"\n]{1,512})"')
+_RX_USER = re.compile(r'"(?:user|wallet|wallet_address)"\s*:\s*"([^"\n]{1,512})"')
 _RX_KEY = re.compile(r'"([a-z][a-z0-9-]{1,30})"\s*:')
 
 
@@ -182,7 +207,14 @@ def explicit_paths(cmdline: Sequence[str], cwd: str, exe: str = "") -> list[tupl
     return out
 
 
-def candidate_paths(cmdline: Sequence[str], cwd: str, exe: str) -> list[tuple[str, str]]:
+def home_paths(home: str) -> list[tuple[str, str]]:
+    """``$HOME/.xmrig.json`` and ``$HOME/.config/xmrig.json`` as ``("root", path)``; none without a HOME."""
+    if not home.startswith("/"):
+        return []
+    return [("root", posixpath.normpath(posixpath.join(home, name))) for name in HOME_CONFIGS]
+
+
+def candidate_paths(cmdline: Sequence[str], cwd: str, exe: str, home: str = "") -> list[tuple[str, str]]:
     """Where to look, in order, as ``(base, path)``.
 
     ``base`` is ``"cwd"`` for a path relative to the working directory (read through
@@ -195,6 +227,7 @@ def candidate_paths(cmdline: Sequence[str], cwd: str, exe: str) -> list[tuple[st
         exe_dir = posixpath.dirname(exe)
         if exe_dir != cwd:
             out.extend(("root", posixpath.join(exe_dir, name)) for name in CONFIG_NAMES)
+    out.extend(home_paths(home))
     return list(dict.fromkeys(out))
 
 
@@ -225,7 +258,8 @@ def _dir_key(fd: int) -> DirKey:
 
 def find_miner_config(proc_root, pid: int, cmdline: Sequence[str], cwd: str, exe: str, *,
                       dir_fd: int | None = None, max_bytes: int = MAX_CONFIG_BYTES,
-                      absent: dict[DirKey, bool] | None = None, settled_ns: int = 0) -> MinerConfig | None:
+                      absent: dict[DirKey, bool] | None = None, settled_ns: int = 0,
+                      home: str = "") -> MinerConfig | None:
     """The first miner config among ``candidate_paths``, read in the process's own file system view.
 
     Returns None when none of them is one. ``OSError`` opening the process's cwd or root
@@ -244,6 +278,7 @@ def find_miner_config(proc_root, pid: int, cmdline: Sequence[str], cwd: str, exe
     dir_keys: dict[tuple[str, str], DirKey] = {}
     misses: dict[tuple[str, str], int] = {}
     explicit = set(explicit_paths(cmdline, cwd, exe))
+    homes = set(home_paths(home))
     denied: OSError | None = None
 
     def base_fd(base: str) -> int:
@@ -252,7 +287,7 @@ def find_miner_config(proc_root, pid: int, cmdline: Sequence[str], cwd: str, exe
         return bases[base]
 
     try:
-        for base, path in candidate_paths(cmdline, cwd, exe):
+        for base, path in candidate_paths(cmdline, cwd, exe, home):
             directory, name = posixpath.split(path)
             key = (base, directory)
             if key not in dirs:
@@ -274,7 +309,7 @@ def find_miner_config(proc_root, pid: int, cmdline: Sequence[str], cwd: str, exe
             dfd = dirs[key]
             if dfd is None:
                 continue
-            default = name in CONFIG_NAMES and (base, path) not in explicit
+            default = name in CONFIG_NAMES and (base, path) not in explicit and (base, path) not in homes
             if default and key in dir_keys and dir_keys[key] in absent:
                 continue
             try:
@@ -295,7 +330,9 @@ def find_miner_config(proc_root, pid: int, cmdline: Sequence[str], cwd: str, exe
             shown = path if base == "root" else posixpath.join(cwd or ".", path)
             found = parse_miner_config(data, shown)
             if found is not None:
-                return found
+                origin = ("explicit" if (base, path) in explicit else "home" if (base, path) in homes
+                          else "cwd" if base == "cwd" else "exe-dir")
+                return dataclasses.replace(found, origin=origin)
     finally:
         for fd in dirs.values():
             if fd is not None:

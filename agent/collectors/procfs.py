@@ -28,10 +28,13 @@ from pathlib import Path
 import structlog
 
 from agent.collectors import cgroups, minerconfig, netns
-from agent.collectors.hashing import SETTLE_NS, HashCache, hash_process_exe
+from agent.collectors.confined import Refused, open_regular
+from agent.collectors.hashing import SETTLE_NS, HashCache, hash_fd, hash_process_exe
+from agent.collectors.memread import is_loader, loader_program
 from agent.collectors.procparse import (
     cap_cmdline,
     decode,
+    environ_home,
     filter_environ,
     parse_ns_link,
     parse_status,
@@ -222,7 +225,9 @@ class ProcfsCollector:
         exe_link = f.get("exe", lambda: readlink("exe", dir_fd=dfd), "")
         exe, deleted = strip_deleted(exe_link)
         cwd = f.get("cwd", lambda: readlink("cwd", dir_fd=dfd), "")
-        environ = f.get("environ", lambda: filter_environ(read_bounded("environ", dir_fd=dfd), self.env_names), ())
+        environ_raw = f.get("environ", lambda: read_bounded("environ", dir_fd=dfd), b"")
+        environ = filter_environ(environ_raw, self.env_names)
+        home = environ_home(environ_raw)  # where XMRig looks for $HOME/.xmrig.json: never in the alert
         net_ns = f.get("net_ns", lambda: parse_ns_link(readlink("ns/net", dir_fd=dfd)), 0)
         sockets = f.get("connections", lambda: netns.socket_inodes(self._root, pid, dir_fd=dfd), frozenset())
         conns = ()
@@ -237,15 +242,39 @@ class ProcfsCollector:
                 self._root, pid, self.hash_cache, self.max_exe_bytes, dir_fd=dfd), None)
             if hashes is None and "hashes" not in f.partial:
                 f.partial.append("hashes")  # too large or not a regular file: unknown, not clean
+        program = mapping = ""
+        program_hashes = None
+        if is_loader(exe):  # ld.so PROGRAM: the program is what runs; judge it, not the loader
+            maps = f.get("maps", lambda: decode(read_bounded("maps", dir_fd=dfd, limit=4 << 20)), "")
+            found = loader_program(maps, exe, args, cwd)
+            if found is not None:
+                program, mapping = found
+                if self.hash_exe:
+                    program_hashes = f.get("program_hashes", lambda: self._mapped_hashes(dfd, mapping), None)
+                    if program_hashes is None and "program_hashes" not in f.partial:
+                        f.partial.append("program_hashes")
         config = None
         if self.find_config and (cwd or exe):
             config = f.get("miner_config", lambda: minerconfig.find_miner_config(
-                self._root, pid, args, cwd, exe, dir_fd=dfd, max_bytes=self.max_config_bytes,
-                absent=self._config_absent, settled_ns=self._wall_ns() - SETTLE_NS), None)
+                self._root, pid, args, cwd, program or exe, dir_fd=dfd, max_bytes=self.max_config_bytes,
+                absent=self._config_absent, settled_ns=self._wall_ns() - SETTLE_NS, home=home), None)
         return ProcessSnapshot(
             **base, exe=exe, exe_deleted=deleted, cmdline=tuple(args), cwd=cwd, environ=environ, hashes=hashes,
-            net_ns=net_ns, connections=conns, miner_config=config, partial=tuple(dict.fromkeys(f.partial)),
+            net_ns=net_ns, connections=conns, miner_config=config, program=program, program_hashes=program_hashes,
+            program_mapping=mapping, partial=tuple(dict.fromkeys(f.partial)),
         )
+
+    def _mapped_hashes(self, dfd: int, mapping: str):
+        """Hashes of the file behind one mapping (``map_files/lo-hi``: the very file mapped, wherever it is)."""
+        try:
+            fd = open_regular(f"map_files/{mapping}", follow_symlinks=True, dir_fd=dfd)
+        except Refused as e:
+            self.hash_cache.count_refused(e.reason)
+            return None
+        try:
+            return hash_fd(fd, self.hash_cache, self.max_exe_bytes)
+        finally:
+            os.close(fd)
 
     def snapshot_all(self, progress: Progress | None = None) -> tuple[list[ProcessSnapshot], SweepStats]:
         """Snapshots of every process, and what the sweep saw. ``progress(done, total)`` after each PID."""

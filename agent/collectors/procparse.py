@@ -9,6 +9,7 @@ Text from the kernel becomes valid UTF-8 with undecodable bytes shown as ``\\xNN
 from __future__ import annotations
 
 import functools
+import posixpath
 import re
 from collections.abc import Iterable
 
@@ -120,6 +121,25 @@ def filter_environ(raw: bytes, extra_names: Iterable[str] = ()) -> tuple[tuple[s
         if len(kept) >= ENV_MAX_VARS:
             break
     return tuple(kept)
+
+
+HOME_MAX = 4096
+
+
+def environ_home(raw: bytes) -> str:
+    """``HOME`` from a raw ``/proc/PID/environ`` (the last one wins, as getenv does not promise otherwise):
+    an absolute, normalised path of at most ``HOME_MAX`` bytes, or "". Kept apart from the alert's
+    environment (``filter_environ``): it only tells ``minerconfig`` where ``$HOME/.xmrig.json`` is."""
+    home = b""
+    at = 0 if raw.startswith(b"HOME=") else raw.find(b"\x00HOME=")
+    while at >= 0:
+        start = at if raw.startswith(b"HOME=", at) else at + 1
+        end = raw.find(b"\x00", start)
+        home = raw[start + 5:end if end >= 0 else len(raw)]
+        at = raw.find(b"\x00HOME=", start)
+    if not home.startswith(b"/") or len(home) > HOME_MAX or b"\n" in home:
+        return ""
+    return posixpath.normpath(decode(home))
 
 
 def parse_ns_link(target: str) -> int:

@@ -22,6 +22,8 @@ device mappings, and is killed when it misses ``MemoryLimits.deadline_s``: count
 
 from __future__ import annotations
 
+import bisect
+import dataclasses
 import errno
 import json
 import os
@@ -71,6 +73,45 @@ def hits_from_matches(matches, source: str) -> tuple[YaraHit, ...]:
     return tuple(out)
 
 
+_MAX_INSTANCES = 64  # per matched string, when telling where a memory hit lies
+_WEAK_ORDER = ("heap", "data", "stack")  # ties among data kinds: the first
+
+
+def region_of(match, layout) -> str:
+    """Where a memory match lies (``memread.KINDS``): "code" (or "anon-exec") when at least half of its
+    distinct matched strings have an instance there (a miner's strings are in its image, and are often
+    copied into its heap too), else the data kind most of them lie in. Rule text or an IOC feed held by
+    a scanner is in its heap and data only; a string or two that also sit in some code do not make it code.
+
+    ``layout`` is the helper's ``[[length, kind], ...]`` in buffer order, each region after ``GAP``
+    zero bytes. "" when the offsets are unknown (an older helper, a rule that matched on no string)."""
+    if not layout:
+        return ""
+    ends, kinds, at = [], [], 0
+    for length, kind in layout:
+        at += memread.GAP + int(length)
+        ends.append(at)
+        kinds.append(str(kind))
+    votes: dict[str, int] = {}
+    strings = 0
+    for s in getattr(match, "strings", ()) or ():
+        seen = set()
+        for inst in list(getattr(s, "instances", ()))[:_MAX_INSTANCES]:
+            i = bisect.bisect_right(ends, inst.offset)
+            if i < len(kinds):
+                seen.add(kinds[i])
+        strings += bool(seen)
+        for kind in seen:
+            votes[kind] = votes.get(kind, 0) + 1
+    if not strings:
+        return ""
+    best_exec = max(("code", "anon-exec"), key=lambda k: votes.get(k, 0))
+    if 2 * votes.get(best_exec, 0) >= strings:
+        return best_exec
+    rest = {k: v for k, v in votes.items() if k not in ("code", "anon-exec")}
+    return max(rest, key=lambda k: (rest[k], -_WEAK_ORDER.index(k) if k in _WEAK_ORDER else -9)) if rest else best_exec
+
+
 def _read_head(fd: int, limit: int) -> bytes:
     chunks, left = [], limit
     while left > 0:
@@ -96,7 +137,7 @@ class YaraScanner:
         self.timeout = timeout
         self.proc_root = proc_root
         self.memory_limits = memory_limits or MemoryLimits()
-        self._cache: OrderedDict[str, tuple[YaraHit, ...]] = OrderedDict()
+        self._cache: OrderedDict[tuple, tuple[tuple[YaraHit, ...], bool]] = OrderedDict()  # -> (hits, whole file read)
         self._lock = threading.Lock()
         self.scanned = 0
         self.errors = 0
@@ -110,8 +151,19 @@ class YaraScanner:
         """YARA hits for a process's executable, read through the ``/proc/PID/exe`` magic link."""
         return self.scan_file(f"{proc_root}/{pid}/exe", follow=True)
 
+    def scan_process_file(self, proc_root: str, pid: int, link: str = "exe") -> tuple[tuple[YaraHit, ...], bool]:
+        """``(hits, whole)`` for a file a process runs, through a magic link of ``/proc/PID`` (``exe``, or
+        ``map_files/lo-hi`` for the program behind a loader); ``whole`` is False when only its first
+        ``max_bytes`` were scanned (a file of any size gets YARA over its head) or it could not be read."""
+        return self.scan_file_head(f"{proc_root}/{pid}/{link}", follow=True)
+
     def scan_file(self, path: str, *, follow: bool = False) -> tuple[YaraHit, ...]:
-        """YARA hits for the regular file at ``path`` (at most its first ``max_bytes``).
+        """YARA hits for the regular file at ``path`` (at most its first ``max_bytes``)."""
+        return self.scan_file_head(path, follow=follow)[0]
+
+    def scan_file_head(self, path: str, *, follow: bool = False) -> tuple[tuple[YaraHit, ...], bool]:
+        """``(hits, whole)``: YARA hits for the regular file at ``path`` over at most its first ``max_bytes``,
+        and whether that was the whole file.
 
         The verdict is cached by the identity of the file actually read (device, inode, size,
         mtime, ctime of the open descriptor), like the hash cache, and only when the file did
@@ -119,33 +171,35 @@ class YaraScanner:
         file truncated under an mmap would kill the agent with SIGBUS.
         """
         if self.rules is None:
-            return ()
+            return (), True
         try:
             fd = open_regular(path, follow_symlinks=follow)  # stat first: a device or FIFO is never opened
             try:
-                key = cache_key(os.fstat(fd))
+                st = os.fstat(fd)
+                key = cache_key(st)
                 with self._lock:
                     if key in self._cache:
                         self._cache.move_to_end(key)
                         return self._cache[key]
                 data = _read_head(fd, self.max_bytes)
                 hits = hits_from_matches(self.rules.match(data=data, timeout=self.timeout), "file") if data else ()
+                whole = st.st_size <= self.max_bytes
                 unchanged = cache_key(os.fstat(fd)) == key
             finally:
                 os.close(fd)
         except Refused:  # a symlink or a special file: not ours to read
-            return ()
+            return (), True
         except (OSError, yara.Error) as exc:  # a vanished file, a timeout: count, never raise
             self.errors += 1
             log.debug("yara_file_failed", path=path, error=str(exc))
-            return ()
+            return (), False
         self.scanned += 1
         if unchanged:
             with self._lock:
-                self._cache[key] = hits
+                self._cache[key] = (hits, whole)
                 while len(self._cache) > _CACHE_MAX:
                     self._cache.popitem(last=False)
-        return hits
+        return hits, whole
 
     def scan_memory(self, pid: int) -> tuple[YaraHit, ...]:
         """YARA hits over the string-bearing regions of a live process's memory, bounded by
@@ -155,8 +209,10 @@ class YaraScanner:
             return ()
         try:
             data, counts = self._read_memory(pid)
-            hits = hits_from_matches(
-                self.rules.match(data=data, externals={YARA_MEMORY_EXTERNAL: True}, timeout=self.timeout), "memory")
+            layout = counts.pop("layout", [])
+            matches = self.rules.match(data=data, externals={YARA_MEMORY_EXTERNAL: True}, timeout=self.timeout)
+            hits = tuple(dataclasses.replace(hit, region=region_of(m, layout))
+                         for hit, m in zip(hits_from_matches(matches, "memory"), matches))
         except _Skipped as exc:  # counted where it happened; the worker goes on
             log.debug("yara_memory_skipped", pid=pid, reason=str(exc))
             return ()

@@ -6,7 +6,7 @@ import posixpath
 
 from agent.detectors.base import Context
 from agent.detectors.pool_urls import cmdline_urls, parse_endpoint
-from agent.miner_args import config_args
+from agent.miner_args import config_args, miner_shaped, url_by_dash_o
 from agent.model import Evidence, ProcessSnapshot
 from agent.signatures import MAX_MATCH_PART, clip_items, clip_middle, match_text
 
@@ -31,10 +31,15 @@ def _command_line(proc: ProcessSnapshot, ctx: Context) -> list[Evidence]:
         m = pat.regex.search(line)
         if m:
             out.append(Evidence("cmdline", f"{pat.name}: {_clip(m.group(0))!r}", pat.weight, _RULE))
+    context = None
     for url in cmdline_urls(proc.cmdline):
         ep = parse_endpoint(url)
         if ep and "://" not in url:  # stratum URLs are matched by the bundle's patterns above
-            out.append(Evidence("cmdline", f"scheme-less pool URL on the command line: {_clip(url)!r}", 25, _RULE))
+            # A bare host:port is a pool's given by -o, or with miner options or miner facts; a tunnel's
+            # or a proxy's "--url 127.0.0.1:8080" alone is weak.
+            context = _pool_context(proc, ctx) if context is None else context
+            out.append(Evidence("cmdline", f"scheme-less pool URL on the command line: {_clip(url)!r}",
+                                25 if context else 5, _RULE, strong=context))
         if ep and (entry := ctx.signatures.pool_domain(ep[0])):
             out.append(
                 Evidence("cmdline", f"known pool domain {ep[0]} on the command line; source: {entry.source}", 40, _RULE,
@@ -56,22 +61,42 @@ def _looks_like_a_miner(proc: ProcessSnapshot, ctx: Context) -> bool:
         getattr(proc.hashes, algo) in ctx.signatures.hashes for algo in ("sha256", "sha1", "md5"))
 
 
+def _pool_context(proc: ProcessSnapshot, ctx: Context) -> bool:
+    return url_by_dash_o(proc.cmdline) or miner_shaped(proc.cmdline) or _looks_like_a_miner(proc, ctx)
+
+
+def _connected_to_its_pool(proc: ProcessSnapshot) -> bool:
+    """A live connection to a pool its config names (the port, and the address when the pool is an IP)."""
+    wanted = [ep for ep in map(parse_endpoint, clip_items(proc.miner_config.pools)) if ep]
+    return any(c.state in ("ESTABLISHED", "SYN_SENT") and c.remote_port == port
+               and (host == c.remote_ip or not host.replace(".", "").isdigit()) for host, port in wanted
+               for c in proc.connections)
+
+
 def _config_is_its_own(proc: ProcessSnapshot, path: str, ctx: Context) -> bool:
     """Named by --config (any program but a shell or an interpreter), by -c (only one that looks like a miner:
     ``sh -c NAME``, ``gcc -c NAME`` name no config), or next to the executable: the process loads it. A config
     that merely sits in the working directory may belong to someone else (a shell, an admin looking at it)."""
-    args = config_args(proc.cmdline, exe=proc.exe, short_c=_looks_like_a_miner(proc, ctx))
+    runs = proc.program or proc.exe  # behind a dynamic loader, the program it runs
+    args = config_args(proc.cmdline, exe=runs, short_c=_looks_like_a_miner(proc, ctx))
     named = {posixpath.normpath(posixpath.join(proc.cwd or "/", arg)) for arg in args}
     if path in named:
         return True
-    return bool(proc.exe) and posixpath.dirname(path) == posixpath.dirname(proc.exe)
+    cfg = proc.miner_config
+    if cfg is not None and cfg.origin == "home" and path == cfg.path:
+        # $HOME/.xmrig.json: every process of that user has the same HOME. It is this one's when it is a
+        # miner by other facts, or keeps a connection to a pool that config names.
+        return _looks_like_a_miner(proc, ctx) or _connected_to_its_pool(proc)
+    return bool(runs) and posixpath.dirname(path) == posixpath.dirname(runs)
 
 
 def _config(proc: ProcessSnapshot, ctx: Context) -> list[Evidence]:
     cfg = proc.miner_config
     if cfg is None:
         return []
-    own = _config_is_its_own(proc, cfg.path, ctx)
+    # A config whose pools are bare host:port with user/pass and nothing miner about it (a database connection
+    # pool's) is weak unless the process is a miner by other facts.
+    own = _config_is_its_own(proc, cfg.path, ctx) and (cfg.shaped or _looks_like_a_miner(proc, ctx))
     where = "" if own else " in its working directory"
     out: list[Evidence] = []
     if cfg.pools:
@@ -101,12 +126,15 @@ def _environment(proc: ProcessSnapshot, ctx: Context) -> list[Evidence]:
     if not names:
         return []
     weight = min(10 * len(names), 30)
-    return [Evidence("environment", f"miner environment variable(s) {', '.join(sorted(names))}", weight, _RULE)]
+    # WALLET* alone is what payment apps set too: weak (POOL_*, DONATE_LEVEL, XMRIG_* are miners' own).
+    strong = any(not k.upper().startswith("WALLET") for k in names)
+    return [Evidence("environment", f"miner environment variable(s) {', '.join(sorted(names))}",
+                     weight if strong else 5, _RULE, strong=strong)]
 
 
 def _names(proc: ProcessSnapshot, ctx: Context) -> list[Evidence]:
     argv0 = proc.cmdline[0].rsplit("/", 1)[-1] if proc.cmdline else ""
-    for candidate in dict.fromkeys(n.lower() for n in (proc.exe_name, argv0, proc.name) if n):
+    for candidate in dict.fromkeys(n.lower() for n in (proc.exe_name, proc.program_name, argv0, proc.name) if n):
         entry = ctx.signatures.miner_names.get(candidate)
         if entry is None and candidate == proc.name.lower() and len(candidate) == 15:
             # comm is cut to 15 characters: "xmrig-notls-6.2" still names a miner

@@ -1,4 +1,5 @@
-"""Known-bad file hashes (SHA-256, SHA-1 or MD5) of a process executable or a file."""
+"""Known-bad file hashes (SHA-256, SHA-1 or MD5) of a process executable (or of the program a dynamic
+loader runs for it: ``ProcessSnapshot.program_hashes``) or a file."""
 
 from __future__ import annotations
 
@@ -11,9 +12,17 @@ TITLE = "Known cryptominer hash"
 
 
 def detect(subject, ctx: Context) -> list[Evidence]:
-    hashes = subject.hashes
-    if hashes is None:
-        return []
+    program = getattr(subject, "program", "")
+    for hashes, of in ((subject.hashes, ""), (getattr(subject, "program_hashes", None), f" (program {program})")):
+        if hashes is None:
+            continue
+        found = _known(hashes, of, ctx)
+        if found:
+            return found
+    return []
+
+
+def _known(hashes, of: str, ctx: Context) -> list[Evidence]:
     for algo in ("sha256", "sha1", "md5"):
         digest = getattr(hashes, algo)
         entry = ctx.signatures.hashes.get(digest)
@@ -22,7 +31,7 @@ def detect(subject, ctx: Context) -> list[Evidence]:
             return [
                 Evidence(
                     signal="hash",
-                    detail=f"{algo} {digest} is a known miner{label}; source: {entry.source}",
+                    detail=f"{algo} {digest}{of} is a known miner{label}; source: {entry.source}",
                     weight=100,
                     rule=f"{ID}@{VERSION}",
                     floor=Severity.CRITICAL,

@@ -36,19 +36,27 @@ def detect(proc: ProcessSnapshot, ctx: Context) -> list[Evidence]:
         return out
     if proc.exe.startswith(_TEMP_DIRS):
         out.append(Evidence("location", f"executable runs from a temporary directory: {proc.exe}", 10, _RULE, strong=False))
+    elif proc.program.startswith(_TEMP_DIRS):
+        out.append(Evidence("location", f"program {proc.program} (run by the loader {proc.exe}) lies in a temporary "
+                                        "directory", 10, _RULE, strong=False))
+    if proc.program:
+        # ld.so PROGRAM: a way to run a binary that hash and name checks of /proc/PID/exe never see
+        out.append(Evidence("location", f"program {proc.program} is run by the dynamic loader {proc.exe}", 5, _RULE,
+                            strong=False))
     if proc.exe_deleted:
         out.append(Evidence("location", f"executable {proc.exe} was deleted after it started", 15, _RULE, strong=False))
     if proc.exe:
+        runs = proc.program or proc.exe  # what really runs, behind a loader too
         argv0 = proc.cmdline[0] if proc.cmdline else ""
         for shown in dict.fromkeys((proc.name, argv0)):
             if shown and _KERNEL_THREAD_NAME.match(shown):
                 out.append(
-                    Evidence("masquerade", f"kernel-thread name {shown!r} on a process running {proc.exe}", 35, _RULE)
+                    Evidence("masquerade", f"kernel-thread name {shown!r} on a process running {runs}", 35, _RULE)
                 )
                 break
         else:
-            if proc.name in _SYSTEM_NAMES and not proc.exe.startswith(_SYSTEM_DIRS):
+            if proc.name in _SYSTEM_NAMES and not runs.startswith(_SYSTEM_DIRS):
                 out.append(
-                    Evidence("masquerade", f"system daemon name {proc.name!r} on {proc.exe}, outside the system directories", 25, _RULE)
+                    Evidence("masquerade", f"system daemon name {proc.name!r} on {runs}, outside the system directories", 25, _RULE)
                 )
     return out

@@ -9,6 +9,11 @@ covers the C sources, the compiler flags and ``gcc --version``, so an unchanged 
 them across runs and sessions. Safe against concurrent builders (file lock + atomic rename).
 
     python -m tests.helpers.build     # builds and prints the directory
+
+Dynamically linked builds (``DYNAMIC_TARGETS``: what ``ld.so PROGRAM`` can run) are apart, so adding one
+changes neither the static helpers' directory nor the base image made of them:
+
+    build_dynamic("fakeminer-dyn")    # Path of the binary
 """
 from __future__ import annotations
 
@@ -34,6 +39,13 @@ TARGETS: dict[str, tuple[str, list[str]]] = {
     "fakepool": ("fakepool.c", []),
     "burner": ("burner.c", []),
 }
+
+
+# output name -> (source, extra flags); linked dynamically against the host's glibc (no -static)
+DYNAMIC_TARGETS: dict[str, tuple[str, list[str]]] = {
+    "fakeminer-dyn": ("fakeminer.c", ["-DWITH_STRINGS"]),
+}
+DYNAMIC_FLAGS = ["-O2", "-pthread", "-Wall", "-Wno-format-truncation", "-fPIE", "-pie"]
 
 
 @dataclass(frozen=True)
@@ -119,6 +131,35 @@ def build_helpers(cache_root: Path | None = None) -> HelperBins:
                 shutil.rmtree(tmp, ignore_errors=True)
         os.chmod(d, 0o755)
     return _bins(d)
+
+
+def build_dynamic(name: str, cache_root: Path | None = None) -> Path:
+    """Build (or reuse) the dynamically linked helper ``name`` of ``DYNAMIC_TARGETS``; returns its path."""
+    src, flags = DYNAMIC_TARGETS[name]
+    h = hashlib.sha256()
+    h.update(_compiler_id().encode() + repr(DYNAMIC_FLAGS + flags).encode() + (HERE / src).read_bytes())
+    root = Path(cache_root) if cache_root else CACHE_ROOT
+    d = root / f"dyn-{name}-{h.hexdigest()[:16]}"
+    out = d / name
+    if out.is_file() and os.access(out, os.X_OK):
+        return out
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if out.is_file():
+            return out
+        tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
+        try:
+            cmd = [CC, *DYNAMIC_FLAGS, *flags, "-o", str(tmp / name), str(HERE / src)]
+            res = subprocess.run(cmd, capture_output=True, text=True)
+            if res.returncode != 0:
+                raise RuntimeError(f"building {name} failed ({' '.join(cmd)}):\n{res.stdout}{res.stderr}")
+            os.chmod(tmp, 0o755)
+            os.rename(tmp, d)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return out
 
 
 if __name__ == "__main__":
