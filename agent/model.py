@@ -198,6 +198,9 @@ class FileSnapshot:
     head: bytes = b""  # first bytes, for cheap checks
     partial: tuple[str, ...] = ()
     yara: tuple[YaraHit, ...] = ()
+    # A script's or config file's text (its first bytes, bounded by the collector), for the
+    # command-line, wallet and pool patterns (detectors.file_text); "" for anything else.
+    text: str = ""
 
 
 @dataclass(frozen=True, slots=True)

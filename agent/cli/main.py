@@ -31,6 +31,7 @@ def _register() -> None:
     cli.add_command(config_cmd.config)
     cli.add_command(release_cmd.release)
     cli.add_command(scan_image_cmd.scan_image)
+    cli.add_command(__import__("agent.cli.scan_cmd", fromlist=["scan"]).scan)  # minerwatch scan PATH...
     cli.add_command(run_cmd.run)
     cli.add_command(sweep_cmd.sweep)
     cli.add_command(signatures_cmd.signatures)

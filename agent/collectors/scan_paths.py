@@ -1,0 +1,200 @@
+"""``minerwatch scan PATH...``: every regular file under the paths, hashed and YARA-scanned, scripts and
+config files read as text.
+
+Opening follows the sweep's rules (``agent.collectors.confined``): a path given on the command line
+is opened without following a symlink as its last component; directories are walked descriptor by
+descriptor (``files.walk_at``: never into a symlink, never out of the tree); each file is opened once
+by ``confined.open_regular`` relative to its directory, so a FIFO or a device is never opened, and
+its bytes, hashes, YARA hits and text all come from that one descriptor.
+
+Every regular file is read once, up to ``max_bytes`` (``[watch] max_file_mb``), into one buffer:
+SHA-256, SHA-1 and MD5 (``hashing.hash_file``) and YARA are computed from it, and its first
+``MAX_TEXT_BYTES`` become ``FileSnapshot.text`` when it is a script or config file (``text_of``).
+A larger file gets no hashes, YARA on its first ``max_bytes``, and ``partial=("hashes",)``.
+Two worker threads do the work (hashlib and YARA release the GIL); the walking thread opens the
+files and hands over the descriptors, at most ``2 * workers`` at a time.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import yara
+
+from agent.collectors.confined import DIR_FLAGS, Refused, open_regular
+from agent.collectors.files import ELF_MAGIC, walk_at
+from agent.collectors.hashing import hash_file
+from agent.collectors.yarascan import hits_from_matches
+from agent.model import FileSnapshot
+
+MAX_TEXT_BYTES = 64 << 10  # of a script or config file, read as text
+MAX_DEPTH = 64
+MAX_FILES = 10_000_000
+_YARA_TIMEOUT_S = 60
+# Names that say "config or script" whatever the content looks like (scan-image reads only these and #! files).
+TEXT_SUFFIXES = (".json", ".jsonc", ".toml", ".yaml", ".yml", ".ini", ".conf", ".cfg", ".sh", ".bash", ".env",
+                 ".properties", ".service", ".py", ".pl")
+_CONTROL = bytes(c for c in range(32) if c not in (9, 10, 12, 13)) + b"\x7f"
+
+
+def text_of(name: str, data: bytes | bytearray | memoryview, *, by_name: bool = False) -> str:
+    """The first ``MAX_TEXT_BYTES`` of a script or config file as text, "" for anything else.
+
+    A script starts with ``#!``; a config file has a config name (``TEXT_SUFFIXES``) or, unless
+    ``by_name``, looks like text: valid UTF-8 without NUL and almost no control characters. An ELF
+    file is never text.
+    """
+    head = bytes(data[:MAX_TEXT_BYTES])
+    if not head or head.startswith(ELF_MAGIC) or b"\0" in head:
+        return ""
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if len(head) < MAX_TEXT_BYTES or exc.start < len(head) - 3:  # not only a character cut at the end
+            return ""
+        text = head[:exc.start].decode("utf-8")
+    if head.startswith(b"#!") or name.lower().endswith(TEXT_SUFFIXES):
+        return text
+    if by_name:
+        return ""
+    controls = sum(head.count(c) for c in _CONTROL)
+    return text if controls * 100 <= len(head) else ""
+
+
+@dataclass
+class PathScanStats:
+    files: int = 0  # regular files examined
+    bytes_read: int = 0
+    partial: int = 0  # files not hashed whole (too large) or not YARA-scanned whole
+    errors: int = 0  # files that vanished or could not be read
+    refused: Counter = field(default_factory=Counter)  # top-level paths refused: symlink, not_regular, missing
+    notes: list[str] = field(default_factory=list)
+
+
+class PathScanner:
+    """Examines files: ``scan(paths)`` yields a FileSnapshot (hashes, YARA hits, text) for each regular file."""
+
+    def __init__(self, rules, *, max_bytes: int = 128 << 20, workers: int = 2) -> None:
+        self.rules, self.max_bytes, self.workers = rules, max_bytes, max(1, workers)
+        self.stats = PathScanStats()
+
+    def scan(self, paths: Iterable[str], progress: Callable[[PathScanStats], None] | None = None
+             ) -> Iterator[FileSnapshot]:
+        inflight: deque[Future] = deque()
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="scan") as pool:
+            try:
+                for fd, path in self._opened(paths):
+                    inflight.append(pool.submit(self._examine, fd, path))
+                    while inflight and (inflight[0].done() or len(inflight) > 2 * self.workers):
+                        if (snap := self._settle(inflight.popleft(), progress)) is not None:
+                            yield snap
+                while inflight:
+                    if (snap := self._settle(inflight.popleft(), progress)) is not None:
+                        yield snap
+            finally:  # the consumer stopped early: let the workers finish and close their descriptors
+                for fut in inflight:
+                    fut.result()
+
+    # ------------------------------------------------------------------ internals
+
+    def _settle(self, fut: Future, progress) -> FileSnapshot | None:
+        """The worker's snapshot, counted here (one thread keeps the stats)."""
+        snap, read, error = fut.result()
+        if error is not None:
+            self._error(*error)
+        elif snap is not None:
+            self.stats.files += 1
+            self.stats.bytes_read += read
+            self.stats.partial += bool(snap.partial)
+        if progress is not None:
+            progress(self.stats)
+        return snap
+
+    def _opened(self, paths: Iterable[str]) -> Iterator[tuple[int, str]]:
+        """(descriptor, path) of every regular file under ``paths``; the worker closes the descriptor."""
+        for top in paths:
+            try:
+                st = os.lstat(top)
+            except OSError as exc:
+                self.stats.refused["missing"] += 1
+                self.stats.notes.append(f"{top}: {exc.strerror or exc}")
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                for dir_fd, name, path, _ in walk_at(top, MAX_DEPTH, MAX_FILES):
+                    if (fd := self._open(name, dir_fd, path)) is not None:
+                        yield fd, path
+            elif stat.S_ISREG(st.st_mode):
+                if (fd := self._open_top(top)) is not None:
+                    yield fd, top
+            else:
+                kind = "symlink" if stat.S_ISLNK(st.st_mode) else "not_regular"
+                self.stats.refused[kind] += 1
+                self.stats.notes.append(f"{top}: not scanned ({'a symlink, never followed' if kind == 'symlink' else 'not a regular file'})")
+
+    def _open_top(self, path: str) -> int | None:
+        try:
+            parent = os.open(os.path.dirname(os.path.abspath(path)) or "/", DIR_FLAGS)
+        except OSError as exc:
+            return self._error(path, exc)
+        try:
+            return self._open(os.path.basename(path), parent, path)
+        finally:
+            os.close(parent)
+
+    def _open(self, name: str, dir_fd: int, path: str) -> int | None:
+        try:
+            return open_regular(name, dir_fd=dir_fd)
+        except Refused:  # swapped for a symlink or a special file since the walk saw it: never opened
+            self.stats.refused["changed"] += 1
+            return None
+        except OSError as exc:
+            return self._error(path, exc)
+
+    def _error(self, path: str, exc: OSError) -> None:
+        self.stats.errors += 1
+        if len(self.stats.notes) < 50:
+            self.stats.notes.append(f"{path}: {exc.strerror or exc}")
+        return None
+
+    def _examine(self, fd: int, path: str) -> tuple[FileSnapshot | None, int, tuple[str, OSError] | None]:
+        """Read the file open at ``fd`` once (bounded) and make its snapshot: (snapshot, bytes read,
+        (path, error) when it could not be read); closes ``fd``. Runs on a worker thread."""
+        try:
+            st = os.fstat(fd)
+            data = _read_up_to(fd, min(st.st_size, self.max_bytes) + 1)
+        except OSError as exc:
+            return None, 0, (path, exc)
+        finally:
+            os.close(fd)
+        whole = len(data) <= self.max_bytes
+        if not whole:
+            del data[self.max_bytes:]
+        partial: tuple[str, ...] = () if whole else ("hashes",)
+        hashes = hash_file(io.BytesIO(data)) if whole else None
+        hits: tuple = ()
+        if self.rules is not None and data:
+            try:
+                hits = hits_from_matches(self.rules.match(data=data, timeout=_YARA_TIMEOUT_S), "file")
+            except yara.Error:  # a timeout or a scan limit: unknown, not clean
+                partial = (*partial, "yara")
+        name = os.path.basename(path)
+        return FileSnapshot(path=path, size=st.st_size, mode=st.st_mode, hashes=hashes, is_elf=data[:4] == ELF_MAGIC,
+                            is_script=data[:2] == b"#!", head=bytes(data[:16]), partial=partial, yara=hits,
+                            text=text_of(name, data)), len(data), None
+
+
+def _read_up_to(fd: int, n: int) -> bytearray:
+    """At most ``n`` bytes from ``fd``'s current position (fewer at EOF), into one buffer."""
+    data = bytearray(n)
+    got = 0
+    with memoryview(data) as view:
+        while got < n and (k := os.readv(fd, [view[got:]])):
+            got += k
+    del data[got:]
+    return data

@@ -1,0 +1,150 @@
+"""``minerwatch scan`` against ``yara -r`` (same compiled rules) and ``sha256sum`` on the same files, in one run.
+
+    python3 bench/scan.py [--size-mib 300] [--repeat 3] [--keep DIR]
+
+Generates a tree of mixed files under /tmp (random binaries from 4 KiB to 16 MiB, text and JSON
+files, a few hundred small files, and a real miner-like binary from tests/helpers/build.py), warms
+the page cache, then per round runs, one after the other: ``minerwatch scan DIR --json`` (SHA-256,
+SHA-1 and MD5 of every file from one read, YARA over it, scripts and configs through the patterns),
+``yara -r RULES... DIR`` with the bundle's active rule files (the same rules the agent compiles), and ``sha256sum`` over every file. Prints MB/s of each and the ratio of minerwatch to
+``yara -r`` + ``sha256sum`` run back to back (acceptance: at least 0.8). The best round of each counts.
+Installs the Debian package ``yara`` if the ``yara`` command is missing (apt-get, as root).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+_RUNNER = ("import sys; from agent.cli import main as m; from agent.cli.scan_cmd import scan; "
+           "m.cli.commands.setdefault('scan', scan); m.main(sys.argv[1:])")
+
+
+def ensure_yara() -> str:
+    """The ``yara`` command; the Debian package is installed when it is missing."""
+    found = shutil.which("yara")
+    if found:
+        return found
+    subprocess.run(["apt-get", "install", "-y", "-q", "yara"], check=True, stdout=subprocess.DEVNULL,
+                   env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    found = shutil.which("yara")
+    if not found:
+        raise SystemExit("yara is not installed and apt-get could not install it")
+    return found
+
+
+def make_tree(top: Path, size_mib: int, seed: int = 15) -> int:
+    """Mixed files adding up to about ``size_mib`` MiB; returns the bytes written."""
+    from tests.helpers.build import build_helpers
+
+    rnd = random.Random(seed)
+    total, target, n = 0, size_mib << 20, 0
+    (top / "bin").mkdir(parents=True)
+    miner = build_helpers().fakeminer.read_bytes()
+    (top / "bin" / "kworker").write_bytes(miner)
+    total += len(miner)
+    words = [b"alpha", b"beta", b"gamma", b"server", b"config", b"value", b"port", b"path"]
+    for i in range(300):  # small text, JSON and scripts
+        d = top / "etc" / f"d{i % 10}"
+        d.mkdir(parents=True, exist_ok=True)
+        body = b" ".join(rnd.choice(words) for _ in range(rnd.randint(50, 2000))) + b"\n"
+        name = ("f%d.json" if i % 3 == 0 else "f%d.sh" if i % 3 == 1 else "f%d.txt") % i
+        data = (b'{"k": "' + body.strip() + b'"}\n') if name.endswith(".json") else (
+            b"#!/bin/sh\necho " + body if name.endswith(".sh") else body)
+        (d / name).write_bytes(data)
+        total += len(data)
+    sizes = [4 << 10, 64 << 10, 512 << 10, 2 << 20, 8 << 20, 16 << 20]
+    while total < target:
+        size = min(rnd.choice(sizes), target - total) or 1
+        d = top / "data" / f"d{n % 16}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"blob{n}.bin").write_bytes(rnd.randbytes(size))
+        total += size
+        n += 1
+    return total
+
+
+def rule_files() -> list[str]:
+    """The bundle's active YARA files (what the agent compiles; the yara command compiles the same sources:
+    yara-python's saved rules are tied to its own libyara version)."""
+    from agent.signatures import YARA_DIR, bundled_directory, load_bundle
+
+    sig = load_bundle()
+    d = bundled_directory() / YARA_DIR
+    return [str(p) for p in sorted(d.glob("*.yar")) if p.name not in sig.yara_disabled
+            and f"{YARA_DIR}/{p.name}" not in sig.yara_disabled]
+
+
+def timed(argv: list[str], **kw) -> tuple[float, subprocess.CompletedProcess]:
+    started = time.perf_counter()
+    proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+    return time.perf_counter() - started, proc
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size-mib", type=int, default=300)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--keep", type=Path, default=None, help="generate into DIR and leave it there")
+    args = ap.parse_args()
+    yara_cmd = ensure_yara()
+    work = args.keep or Path(tempfile.mkdtemp(prefix="minerwatch-bench-scan-"))
+    try:
+        top = work / "tree"
+        if top.exists():
+            shutil.rmtree(top)
+        size = make_tree(top, args.size_mib)
+        rules = rule_files()
+        files = sorted(str(p) for p in top.rglob("*") if p.is_file())
+        for path in files:  # warm the page cache: every tool reads from memory
+            with open(path, "rb") as fh:
+                while fh.read(1 << 20):
+                    pass
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        best = {"minerwatch": float("inf"), "yara": float("inf"), "sha256sum": float("inf")}
+        for _ in range(args.repeat):
+            t, proc = timed([sys.executable, "-c", _RUNNER, "scan", str(top), "--json"], env=env, cwd=REPO)
+            if proc.returncode != 1:
+                raise SystemExit(f"minerwatch scan exit {proc.returncode}: {proc.stderr.decode()[-2000:]}")
+            found = json.loads(proc.stdout)
+            if not any(a["file"]["path"].endswith("/bin/kworker") for a in found):
+                raise SystemExit("minerwatch scan missed the miner binary")
+            best["minerwatch"] = min(best["minerwatch"], t)
+            t, proc = timed([yara_cmd, "-r", "-d", "mw_memory_scan=false", *rules, str(top)])
+            if proc.returncode != 0 or b"kworker" not in proc.stdout:
+                raise SystemExit(f"yara -r failed or missed the miner: {proc.stderr.decode()[-2000:]}")
+            best["yara"] = min(best["yara"], t)
+            t, proc = timed(["sha256sum", "--", *files])
+            if proc.returncode != 0:
+                raise SystemExit(f"sha256sum failed: {proc.stderr.decode()[-2000:]}")
+            best["sha256sum"] = min(best["sha256sum"], t)
+        mb = size / 1e6
+        both = best["yara"] + best["sha256sum"]
+        print(f"{len(files)} files, {mb:.0f} MB (page cache warm), best of {args.repeat}, "
+              f"{os.cpu_count()} CPUs; yara rules: the bundle's {len(rules)} active files")
+        print(f"{'tool':<40} {'seconds':>8} {'MB/s':>8}")
+        print(f"{'minerwatch scan (sha256+sha1+md5+YARA)':<40} {best['minerwatch']:8.2f} {mb / best['minerwatch']:8.0f}")
+        print(f"{'yara -r':<40} {best['yara']:8.2f} {mb / best['yara']:8.0f}")
+        print(f"{'sha256sum':<40} {best['sha256sum']:8.2f} {mb / best['sha256sum']:8.0f}")
+        print(f"{'yara -r + sha256sum, back to back':<40} {both:8.2f} {mb / both:8.0f}")
+        ratio = both / best["minerwatch"]
+        print(f"ratio minerwatch / (yara -r + sha256sum): {ratio:.2f} (acceptance >= 0.8: {'ok' if ratio >= 0.8 else 'NOT MET'})")
+        return 0
+    finally:
+        if args.keep is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
