@@ -328,3 +328,41 @@ def test_bench_runs(tmp_path):
                           capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     assert "MB/s" in proc.stdout and "ratio" in proc.stdout
+
+
+XMRIG_START = (b"#!/bin/sh\n# starts the miner beside its config\ncd /app\n"
+               b"exec ./xmrig -o stratum+tcp://pool.supportxmr.com:3333 -u " + TEST_WALLET.encode() + b" -k\n")
+XMRIG_CONFIG = (b'{\n  "autosave": true,\n  "cpu": {"enabled": true},\n  "pools": [\n    {"url": "pool.supportxmr.com:443", '
+                b'"user": "' + TEST_WALLET.encode() + b'", "tls": true}\n  ]\n}\n')
+
+
+def test_entrypoint_script_and_config_json_in_layers(docker_client, docker_image):
+    """An image whose entrypoint script runs ./xmrig -o stratum+tcp://... -u WALLET next to a config.json naming
+    the pool (no miner binary in it): both files are read as text, high or above, pool and wallet named."""
+    name = "mwtest/xmrig-start:1"
+    docker_image(name, {"/app/start.sh": (XMRIG_START, 0o755), "/app/config.json": (XMRIG_CONFIG, 0o644),
+                        "/app/README": (b"nothing to see\n", 0o644)}, entrypoint='["/app/start.sh"]', cmd="[]")
+    proc, found = run_cli(name, "--json")
+    assert proc.returncode == 1, proc.stderr
+    by_path = {a["file"]["path"]: a for a in found if "file" in a}
+    assert set(by_path) == {"/app/start.sh", "/app/config.json"}
+    for path, a in by_path.items():
+        assert a["minerwatch"]["severity"] in ("high", "critical"), (path, a["minerwatch"])
+        details = " ".join(e["detail"] for e in a["minerwatch"]["evidence"])
+        assert "pool.supportxmr.com" in details and TEST_WALLET[:40] in details, details
+        assert a["destination"]["domain"] == "pool.supportxmr.com"
+        assert a["minerwatch"]["image"]["layer_index"] >= 1
+    human = run_cli(name)[0]
+    assert human.returncode == 1 and "/app/start.sh" in human.stdout and "/app/config.json" in human.stdout
+
+
+def test_config_files_without_miner_text_stay_clean(sig):
+    """Ordinary scripts and JSON/YAML files in a layer are read as text and stay clean."""
+    files = {"/etc/app/settings.json": b'{"url": "https://example.com:8443/api", "user": "admin", "pool": 4}\n',
+             "/etc/app/db.yaml": b"pool: 10\nhost: db.internal:5432\nuser: app\n",
+             "/usr/local/bin/run.sh": b"#!/bin/sh\nexec /usr/bin/app -c /etc/app/settings.json -o out.log\n"}
+    layer = ia.layer_tar([ia.reg(p[1:], d, 0o755 if p.endswith(".sh") else 0o644) for p, d in files.items()])
+    archive = ia.save_archive([layer])
+    result = scan(sig, archive)
+    assert result.findings == [], [(f.file.path, f.evidence) for f in result.findings]
+    assert result.files == 3 and result.bytes_hashed == sum(len(d) for d in files.values())

@@ -2,8 +2,11 @@
 
 Nothing is extracted or written (``agent.images.export`` reads the ``docker save`` stream).
 Every regular file that is executable, an ELF or a script, in every layer, is hashed
-(SHA-256, SHA-1, MD5) and YARA-scanned from its bytes; files deleted or replaced by a later
-layer are still reported, as hidden in their layer. The image config (entrypoint, command,
+(SHA-256, SHA-1, MD5) and YARA-scanned from its bytes; scripts (``#!``) and config files (by
+name: ``config.json``, ``*.yaml``, ``*.toml``, ``*.sh``...; their first ``MAX_TEXT_BYTES``) are
+read as text (``FileSnapshot.text``) for the command-line, wallet and pool patterns
+(``detectors.file_text``); files deleted or replaced by a later layer are still reported, as
+hidden in their layer. The image config (entrypoint, command,
 environment, labels) and the name the user gave go through the image policy detector. All
 evidence is scored by the engine, as in the sweep.
 
@@ -35,6 +38,7 @@ import yara
 from agent import alert
 from agent.collectors import files
 from agent.collectors.docker_api import ContainerGone, DockerDown, DockerHandle, DockerRefused
+from agent.collectors.scan_paths import MAX_TEXT_BYTES, TEXT_SUFFIXES, text_of
 from agent.collectors.yarascan import hits_from_matches
 from agent.detectors.base import Context
 from agent.engine import Engine, finding_id
@@ -191,15 +195,18 @@ class ImageScanner:
         st = os.stat_result((stat.S_IFREG | (member.mode & 0o7777), 0, 0, 0, 0, 0, member.size, 0, 0, 0))
         candidate, is_elf, is_script = files.is_candidate(st, head)
         result.files += 1
-        if not candidate:
+        # A config file by its name (config.json, *.yaml, *.toml, *.ini, *.sh...) is read too, for its text.
+        config_file = not candidate and path.lower().endswith(TEXT_SUFFIXES)
+        if not candidate and not config_file:
             return None
-        result.candidates += 1
+        result.candidates += candidate
         left = self.limits.max_total_bytes - result.bytes_hashed
-        whole = member.size <= min(self.limits.max_file_bytes, left)
-        # A file too big to hash is read as on disk: its first max_file_bytes go to YARA.
-        data = _read_up_to(fobj, head, member.size if whole else max(0, min(self.limits.max_file_bytes, left)))
+        limit = min(self.limits.max_file_bytes, MAX_TEXT_BYTES) if config_file else self.limits.max_file_bytes
+        whole = member.size <= min(limit, left)
+        # A file too big to hash is read as on disk: its first max_file_bytes go to YARA (a config file: its text).
+        data = _read_up_to(fobj, head, member.size if whole else max(0, min(limit, left)))
         result.bytes_hashed += len(data)
-        if not whole:
+        if not whole and not config_file:
             if result.partial_files < _PARTIAL_NOTES:
                 why = "the per-file limit" if left >= member.size else "the total byte limit of the scan"
                 result.notes.append(f"{path} ({member.size} bytes) was read only in part: larger than {why}")
@@ -213,8 +220,9 @@ class ImageScanner:
             future.set_result(self._md5_and_yara(data, whole, cached is None, deadline))
         hashes = Hashes(sha256, hashlib.sha1(data).hexdigest(), "", len(data)) if whole else None
         snap = FileSnapshot(path=path, size=member.size, mode=st.st_mode, hashes=hashes, is_elf=is_elf,
-                            is_script=is_script, head=head[:16], partial=() if whole else ("hashes", "yara"),
-                            yara=cached or ())
+                            is_script=is_script, head=head[:16],
+                            partial=() if whole or config_file else ("hashes", "yara"), yara=cached or (),
+                            text=text_of(path, data, by_name=True))
         return _Pending(snap, future, len(data))
 
     def _md5_and_yara(self, data: bytearray, whole: bool, scan: bool, deadline: float):
