@@ -295,6 +295,9 @@ def ensure_image(client, log=print) -> DebianImage:
             log(f"debian test image: debootstrap + pack took {secs:.1f} s ({tarball}, "
                 f"{tarball.stat().st_size >> 20} MiB)")
             how = "built"
+            for stale in cache_dir().glob("debian12-*.*"):  # tarballs of older recipes
+                if not stale.name.startswith(f"debian12-{digest}."):
+                    stale.unlink(missing_ok=True)
         _import(client, tarball, tag, digest)
     took = time.monotonic() - start
     log(f"debian test image {tag}: {how}, {took:.1f} s in all")
@@ -332,8 +335,12 @@ def venv_python() -> str:
 
 
 def wrapper_script() -> bytes:
-    """/usr/bin/minerwatch inside the image: the venv's ``python -m agent``."""
-    return f'#!/bin/sh\nexec {venv_python()} -m agent "$@"\n'.encode()
+    """/usr/bin/minerwatch inside the image: the venv's ``python -m agent``, with this checkout
+    first on the path (the venv's editable install may point at another one)."""
+    from .containers import REPO_ROOT
+
+    return (f'#!/bin/sh\nPYTHONPATH={REPO_ROOT}\nexport PYTHONPATH\n'
+            f'exec {venv_python()} -m agent "$@"\n').encode()
 
 
 @contextlib.contextmanager
@@ -426,9 +433,15 @@ def image_for_tests(client, request) -> DebianImage:
     from .containers import docker_required
 
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
 
     def log(msg: str) -> None:
-        if reporter is not None:
+        if reporter is None:
+            return
+        if capture is None:
+            reporter.write_line(f"[debian image] {msg}")
+            return
+        with capture.global_and_fixture_disabled():  # shown even while output is captured
             reporter.write_line(f"[debian image] {msg}")
 
     if _image_digest(client, image_tag()) != recipe_digest() and not (cache_dir() / f"debian12-{recipe_digest()}.tar").exists():
@@ -439,7 +452,7 @@ def image_for_tests(client, request) -> DebianImage:
                 pytest.fail(f"the Debian 12 test image is required here but cannot be built: {exc}", pytrace=False)
             pytest.skip(f"Debian 12 test image cannot be built: {exc}")
     img = ensure_image(client, log)
-    if img.how != "reused image" or request.config.getoption("verbose") > 0:
+    if img.how == "reused image" and request.config.getoption("verbose") > 0:
         built = f" (debootstrap + pack took {img.build_seconds:.0f} s when it was built)" if img.build_seconds else ""
-        log(f"{img.tag}: {img.how} in {img.seconds:.1f} s{built}")
+        log(f"{img.tag}: reused{built}")
     return img
