@@ -1,10 +1,16 @@
-"""The sinks named in the ``[alerts]`` section of the configuration."""
+"""The sinks named in the ``[alerts]`` section of the configuration.
+
+With ``format = "ocsf"`` every sink is wrapped in ``OcsfSink``: it sends the OCSF Detection
+Finding (``agent.ocsf``) the pipeline spooled, and makes one of an ECS alert handed to it
+directly (``minerwatch alerts test``).
+"""
 
 from __future__ import annotations
 
+from agent import ocsf
 from agent.config import Config
 from agent.errors import ConfigError
-from agent.sinks.base import Sink
+from agent.sinks.base import Record, Sink, encode
 from agent.sinks.file import FileSink
 from agent.sinks.stdout import StdoutSink
 from agent.sinks.syslog import SyslogSink
@@ -42,4 +48,40 @@ def build_sinks(config: Config, *, timeout: float = 10.0) -> list[Sink]:
             sinks.append(WebhookSink(alerts.webhook, secret=secret, timeout=timeout))
         except ValueError as exc:
             raise ConfigError(source, "[alerts] webhook", str(exc)) from None
+    if alerts.format == "ocsf":
+        return [OcsfSink(s) for s in sinks]
     return sinks
+
+
+# Room a syslog header takes before the alert (PRI, version, timestamp, a 255-byte host, app, pid, msgid).
+_SYSLOG_HEADER_ROOM = 400
+
+
+class OcsfSink:
+    """A sink of ``[alerts] format = "ocsf"``: the line it delivers is the OCSF alert; what the sink
+    reads beside the line (time, host, severity, event id) comes from ``ocsf.header``. A sink with a
+    message limit (syslog's ``max_bytes``) gets an alert already bounded to fit under its header."""
+
+    def __init__(self, sink: Sink) -> None:
+        self.sink = sink
+        self.name = sink.name
+
+    def describe(self) -> str:
+        return self.sink.describe()
+
+    def reopen(self) -> None:
+        self.sink.reopen()
+
+    def close(self) -> None:
+        self.sink.close()
+
+    def send(self, record: Record) -> None:
+        alert, line = record.alert, record.line
+        if not ocsf.is_ocsf(alert):  # handed an ECS alert directly (alerts test): the same finding in OCSF
+            alert = ocsf.from_alert(alert)
+            line = encode(alert)
+        limit = getattr(self.sink, "max_bytes", None)
+        if isinstance(limit, int) and len(line) > limit - _SYSLOG_HEADER_ROOM:
+            alert = ocsf.fit(alert, max(limit - _SYSLOG_HEADER_ROOM, 256))
+            line = encode(alert)
+        self.sink.send(Record(line, ocsf.header(alert)))

@@ -22,6 +22,7 @@ from typing import Callable, Sequence
 
 import structlog
 
+from agent import ocsf
 from agent.config import Config
 from agent.errors import MinerwatchError
 from agent.sinks.base import Sink, encode
@@ -55,6 +56,7 @@ class AlertPipeline:
         """``clock`` is wall-clock seconds (dedupe windows survive restarts); ``sinks``
         replaces the configured ones (tests); the rest tune the spool and the retries."""
         self.sinks = list(sinks) if sinks is not None else build_sinks(config, timeout=send_timeout)
+        self._ocsf = config.alerts.format == "ocsf"
         names = [s.name for s in self.sinks]
         if len(set(names)) != len(names):
             raise ValueError(f"sink names must be unique, got {names}")
@@ -101,7 +103,8 @@ class AlertPipeline:
 
         Raises SpoolError when the spool cannot be written (disk full, I/O error).
         """
-        line = encode(alert)
+        # The spool stores what is sent: the ECS alert, or its OCSF Detection Finding ([alerts] format).
+        line = encode(ocsf.from_alert(alert) if self._ocsf and not ocsf.is_ocsf(alert) else alert)
         with self._submit_lock:
             if self._stopped:
                 raise SpoolError("the alert pipeline is stopped")
