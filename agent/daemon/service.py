@@ -23,6 +23,7 @@ import structlog
 from agent import alert
 from agent.collectors.proc_connector import ConnectorUnavailable
 from agent.config import Config
+from agent.daemon import memory
 from agent.daemon.sd_notify import Notifier
 from agent.daemon.worker import Worker
 from agent.events import EventQueue, Reload
@@ -32,6 +33,7 @@ log = structlog.get_logger("minerwatch.daemon")
 
 STATUS_EVERY_S = 10.0  # how often the STATUS= line shown by `systemctl status` is refreshed
 SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+TRIM_EVERY_S = 300.0  # free heap memory handed back to the kernel this often (daemon/memory.py)
 
 
 @dataclass
@@ -68,8 +70,10 @@ class Daemon:
 
     def run(self) -> int:
         """Run until SIGTERM/SIGINT; returns the exit code."""
-        # Before any thread starts: every thread inherits the mask, so only this one takes them.
+        # Before any thread starts: every thread inherits the mask, so only this one takes them;
+        # and few malloc arenas (daemon/memory.py).
         signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+        memory.limit_arenas()
         self._start_collectors()
         try:
             self._alert(self.lifecycle.started())
@@ -82,10 +86,11 @@ class Daemon:
         while not self.worker.ready.is_set() and not self.stop_event.is_set():
             self._take_signal(0.5)
         if not self.stop_event.is_set():
+            memory.trim()  # the first scan's buffers are free now
             self.notifier.ready(self.status_line())
             log.info("started", status=self.status_line())
         ping_every = self.notifier.watchdog_interval() or 5.0
-        last_status = self.clock()
+        last_status = last_trim = self.clock()
         while not self.stop_event.is_set():
             self._take_signal(min(ping_every, 1.0))
             if self.stop_event.is_set():
@@ -104,6 +109,9 @@ class Daemon:
             if self.clock() - last_status >= STATUS_EVERY_S:
                 self.notifier.status(self.status_line())
                 last_status = self.clock()
+            if self.clock() - last_trim >= TRIM_EVERY_S:
+                memory.trim()
+                last_trim = self.clock()
         self.notifier.stopping()
         log.info("stopping")
         # The worker finishes its current event; a long scan is not waited for (it is a daemon thread).

@@ -18,7 +18,6 @@ from agent.collectors.fswatch import FileWatcher
 from agent.collectors.proc_connector import ProcConnector
 from agent.collectors.snapshots import SnapshotCollector
 from agent.config import Config
-from agent.daemon import metrics
 from agent.daemon.behaviour import BehaviourModel
 from agent.daemon.bulk import BulkLane
 from agent.daemon.containers import ContainerRegistry
@@ -48,6 +47,14 @@ def loader(config_path: str | None):
         return cfg, trust.load_signatures(cfg)
 
     return load
+
+
+def serve_metrics(listen: str, stats):
+    """The metrics endpoint, when ``[metrics] listen`` asks for one."""
+    # Imported here, not at the top: prometheus_client costs ~10 MiB resident, paid only when used.
+    from agent.daemon import metrics
+
+    return metrics.serve(listen, stats)
 
 
 def build(config: Config, signatures: Signatures, *, config_path: str | None = None,
@@ -88,6 +95,6 @@ def build(config: Config, signatures: Signatures, *, config_path: str | None = N
         docker_watcher=DockerWatcher(cfg.docker.url, queue),
     )
     daemon = Daemon(cfg, worker, collectors, alerts, queue=queue, notifier=notifier or Notifier(), clock=clock,
-                    lifecycle=Lifecycle(cfg.agent.state_dir, cfg.agent.proc_root), serve_metrics=metrics.serve)
+                    lifecycle=Lifecycle(cfg.agent.state_dir, cfg.agent.proc_root), serve_metrics=serve_metrics)
     worker.on_reload = daemon.on_reloaded
     return daemon
