@@ -391,7 +391,7 @@ def test_only_the_agents_own_process_tree_is_exempt(tmp_path, helper_bins, fake_
         procs.wait_until(lambda: procs.exe(child.pid).endswith("fakeminer") and procs.cmdline(child.pid), 10, 0.02,
                          "the child exec'd")
         rig.worker.handle(ExecEvent(child.pid))
-        assert rig.findings_for(child.pid) == [] and child.pid in rig.worker.own_children
+        assert rig.findings_for(child.pid) == [] and child.pid in rig.worker.processes.own_children
     finally:
         child.kill()
         child.wait()

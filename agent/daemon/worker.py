@@ -19,13 +19,11 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from agent.collectors import netns
 from agent.config import Config
-from agent.daemon.behaviour import is_msr_modprobe
 from agent.daemon.bulk import UseRules
+from agent.daemon.processes import Processes
 from agent.errors import MinerwatchError
 from agent.events import ContainerEvent, EventQueue, ExecEvent, FileScanned, MemoryScan, MemoryScanned, Reload
-from agent.model import MSR_MODPROBE_CHILD, Finding, ProcessSnapshot, Severity
 from agent.signatures import Signatures
 
 if TYPE_CHECKING:  # the parts' types only: the worker is handed instances, it builds none
@@ -92,16 +90,11 @@ class Worker:
         self.p = parts
         self.queue = queue
         self.clock = clock
-        self.own_pid = own_pid
-        self.own_tree = {own_pid, *own_ancestors}
-        self.own_children: set[int] = set()  # processes the agent started (bounded by what it starts: none today)
         self.load, self.on_reload = load, on_reload or (lambda status: None)
         self.stats = stats or WorkerStats()
+        self.processes = Processes(parts, self.stats, clock=clock, own_pid=own_pid, own_ancestors=own_ancestors)
         self.ready = threading.Event()
         self.heartbeat = clock()
-        # TCP tables per network namespace, read at most once per periodic pass: a process seen at
-        # exec has no connection yet, and its recheck in the next pass reads fresh tables.
-        self.net_tables = netns.NetTables()
 
     # ------------------------------------------------------------------ the thread
 
@@ -156,7 +149,7 @@ class Worker:
     def handle(self, event) -> None:
         self.stats.events[type(event).__name__] += 1
         if isinstance(event, ExecEvent):
-            self.on_exec(event.pid)
+            self.processes.on_exec(event.pid)
         elif isinstance(event, ContainerEvent):
             self.on_container(event)
         elif isinstance(event, FileScanned):
@@ -186,10 +179,7 @@ class Worker:
         a container none of whose processes can be read yet is judged on its own."""
         found = False
         for pid in self.p.snapshots.container_pids(container_id):
-            snap = self.p.snapshots.snapshot(pid, self.net_tables)
-            if snap is not None and snap.container_id == container_id:
-                found = True
-                self.judge(snap)
+            found |= self.processes.inspect_pid(pid, in_container=container_id)
         if not found:
             self.judge_container(container_id)
 
@@ -211,90 +201,7 @@ class Worker:
             self.p.emitter.emit(finding)
 
     def on_memory(self, scanned: MemoryScanned) -> None:
-        """A memory scan came back: judge the process (still the same one) with the hits found."""
-        snap = self.p.snapshots.snapshot(scanned.pid, self.net_tables)
-        if snap is None or snap.start_ticks != scanned.start_ticks:
-            return  # exited, or the PID is another process's now
-        self.judge(dataclasses.replace(snap, yara=snap.yara + scanned.hits), memory_scanned=True)
-
-    # ------------------------------------------------------------------ processes
-
-    def is_own(self, snap: ProcessSnapshot) -> bool:
-        """The agent, its ancestors, or a process it started (directly or through one it started)."""
-        if snap.pid in self.own_tree or snap.pid in self.own_children:
-            return True
-        if snap.ppid == self.own_pid or snap.ppid in self.own_children:
-            self.own_children.add(snap.pid)
-            return True
-        return False
-
-    def on_exec(self, pid: int) -> None:
-        """An exec: a glance first (five reads); a known-clean executable with nothing on the glance is
-        quiet (tracked, read fully by the next passes if it lives on); anything else is read whole now."""
-        if pid == self.own_pid:
-            return
-        p = self.p
-        seen = p.snapshots.glance(pid)
-        if seen is None:
-            self.stats.execs["glance_failed"] += 1
-            self.inspect_pid(pid)
-            return
-        snap = seen.snap
-        if self.is_own(snap):
-            return
-        if (seen.exe_key is not None and seen.exe_key in p.known
-                and (not snap.container_id or snap.container_id in p.containers)
-                and not is_msr_modprobe(snap.cmdline)
-                and p.judge.process(snap, p.containers.get(snap.container_id),
-                                    p.containers.image_evidence(snap.container_id)) is None):
-            p.tracker.seen(snap)
-            p.containers.note_cgroup(snap.container_id, snap.cgroup_path)
-            self.stats.execs["quiet_at_a_glance"] += 1
-            return
-        self.stats.execs["read_whole"] += 1
-        full = p.snapshots.snapshot(pid, self.net_tables)
-        if full is None:
-            return
-        if self.judge(full) is None and full.start_ticks == snap.start_ticks and full.hashes is not None \
-                and seen.exe_key is not None and not self.is_own(full):
-            p.known.add(seen.exe_key)  # judged whole and clean: the next exec of this very file stops at a glance
-
-    def inspect_pid(self, pid: int) -> None:
-        if pid == self.own_pid:
-            return
-        snap = self.p.snapshots.snapshot(pid, self.net_tables)
-        if snap is not None:
-            self.judge(snap)
-
-    def judge(self, snap: ProcessSnapshot, *, memory_scanned: bool = False) -> Finding | None:
-        """Judge one (collected, exe-scanned) process; ``memory_scanned``: its memory hits are attached."""
-        if self.is_own(snap):
-            return None
-        entry = self.p.tracker.seen(snap)
-        self.p.containers.note_cgroup(snap.container_id, snap.cgroup_path)
-        if entry.checks == 1 and is_msr_modprobe(snap.cmdline):
-            self.blame_msr_modprobe(snap)
-        container = self.p.containers.get(snap.container_id) if snap.container_id else None
-        if snap.container_id and container is None and snap.container_runtime in ("docker", ""):
-            container = self.p.containers.refresh(snap.container_id)
-        snap = dataclasses.replace(snap, behaviour=self.p.behaviour.verdict(snap.pid, snap.start_ticks))
-        finding = self.p.judge.process(snap, container, self.p.containers.image_evidence(snap.container_id))
-        if finding is None:
-            return None
-        self.p.tracker.record(snap.pid, finding)
-        if not memory_scanned and finding.severity >= Severity.MEDIUM and not any(e.signal == "yara" for e in finding.evidence):
-            # Suspicious but nothing in its file: a packed miner shows itself in memory once it runs.
-            self.p.behaviour.request_scan(snap.pid, snap.start_ticks, self.clock())
-        return self.p.emitter.emit(finding)
-
-    def blame_msr_modprobe(self, snap: ProcessSnapshot) -> None:
-        """xmrig runs ``sh -c "modprobe msr allow_writes=on"``: blame the miner (the shell's parent or itself)."""
-        parent = self.p.snapshots.procfs.snapshot(snap.ppid) if snap.ppid else None
-        for pid in (snap.ppid, parent.ppid if parent is not None else 0):
-            entry = self.p.tracker.get(pid) if pid else None
-            if entry is not None:
-                self.p.behaviour.note_artefact(pid, entry.start_ticks, MSR_MODPROBE_CHILD, self.clock())
-                self.p.behaviour.request_scan(pid, entry.start_ticks, self.clock())
+        self.processes.on_memory(scanned)
 
     # ------------------------------------------------------------------ periodic
 
@@ -305,21 +212,19 @@ class Worker:
             if stop.is_set():
                 return
             if pid not in self.p.tracker:
-                self.inspect_pid(pid)
+                self.processes.inspect_pid(pid)
             if n % SERVE_EVERY == SERVE_EVERY - 1:
                 self.serve_waiting()  # an exec or a container start during a long first scan is judged now
 
     def periodic(self) -> None:
         started = self.clock()
         p = self.p
-        self.net_tables.clear()
         pids = p.snapshots.pids()
-        alive = set(pids)
+        self.processes.new_pass(alive := set(pids))
         for pid in p.tracker.forget_gone(alive):
             p.behaviour.forget(pid)
-        self.own_children &= alive
         # Behaviour: one cheap stat read per process; details only for busy ones (see CpuSampler).
-        for sample in p.sampler.sample([pid for pid in pids if pid != self.own_pid]):
+        for sample in p.sampler.sample([pid for pid in pids if pid != self.processes.own_pid]):
             p.behaviour.observe(sample)
         for sample in p.sampler.sample_cgroups(p.containers.cgroups()):
             p.behaviour.observe_cgroup(sample)
@@ -328,12 +233,8 @@ class Worker:
             if (verdict := p.behaviour.verdict(pid)) is not None:  # the answer comes back as MemoryScanned
                 p.bulk.submit(MemoryScan(pid, verdict.start_ticks))
         for n, pid in enumerate(pids):
-            if pid not in p.tracker:
-                self.inspect_pid(pid)  # missed by the connector, or no connector
-            elif p.tracker.due(pid):
-                snap = p.snapshots.snapshot(pid, self.net_tables)
-                if snap is not None:
-                    self.judge(snap)
+            if pid not in p.tracker or p.tracker.due(pid):  # new (missed by the connector, or none), young, suspicious
+                self.processes.inspect_pid(pid)
             if n % (4 * SERVE_EVERY) == 4 * SERVE_EVERY - 1:
                 self.serve_waiting()
         p.file_watcher.refresh()

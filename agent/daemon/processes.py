@@ -1,0 +1,130 @@
+"""Judging processes, for the worker: an exec, a process read whole, a memory scan's answer.
+
+The worker hands every process here (``Worker.processes``): an exec is glanced at first
+(``collectors.glance``: a known-clean executable with nothing on the glance stops there), anything
+else is read whole (``SnapshotCollector.snapshot``) and judged in its container's context with its
+behaviour attached, through the tracker, the registry and the judge; a finding goes to the
+emitter. Only the agent's own process tree is never judged. Runs on the worker thread only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Collection
+from typing import TYPE_CHECKING
+
+from agent.collectors import netns
+from agent.daemon.behaviour import is_msr_modprobe
+from agent.events import MemoryScanned
+from agent.model import MSR_MODPROBE_CHILD, Finding, ProcessSnapshot, Severity
+
+if TYPE_CHECKING:
+    from agent.daemon.worker import Parts, WorkerStats
+
+
+class Processes:
+    def __init__(self, parts: Parts, stats: WorkerStats, *, clock: Callable[[], float], own_pid: int,
+                 own_ancestors: Collection[int] = ()) -> None:
+        """``own_pid`` and ``own_ancestors``: the agent's own process tree, the only processes never judged
+        (its container is judged like any other)."""
+        self.p = parts
+        self.stats = stats
+        self.clock = clock
+        self.own_pid = own_pid
+        self.own_tree = {own_pid, *own_ancestors}
+        self.own_children: set[int] = set()  # processes the agent started (bounded by what it starts: none today)
+        # TCP tables per network namespace, read at most once per periodic pass: a process seen at
+        # exec has no connection yet, and its recheck in the next pass reads fresh tables.
+        self.net_tables = netns.NetTables()
+
+    def new_pass(self, alive: Collection[int]) -> None:
+        """A periodic pass begins: fresh TCP tables; forget children of ours that exited."""
+        self.net_tables.clear()
+        self.own_children &= set(alive)
+
+    def on_memory(self, scanned: MemoryScanned) -> None:
+        """A memory scan came back: judge the process (still the same one) with the hits found."""
+        snap = self.p.snapshots.snapshot(scanned.pid, self.net_tables)
+        if snap is None or snap.start_ticks != scanned.start_ticks:
+            return  # exited, or the PID is another process's now
+        self.judge(dataclasses.replace(snap, yara=snap.yara + scanned.hits), memory_scanned=True)
+
+    def is_own(self, snap: ProcessSnapshot) -> bool:
+        """The agent, its ancestors, or a process it started (directly or through one it started)."""
+        if snap.pid in self.own_tree or snap.pid in self.own_children:
+            return True
+        if snap.ppid == self.own_pid or snap.ppid in self.own_children:
+            self.own_children.add(snap.pid)
+            return True
+        return False
+
+    def on_exec(self, pid: int) -> None:
+        """An exec: a glance first (five reads); a known-clean executable with nothing on the glance is
+        quiet (tracked, read fully by the next passes if it lives on); anything else is read whole now."""
+        if pid == self.own_pid:
+            return
+        p = self.p
+        seen = p.snapshots.glance(pid)
+        if seen is None:
+            self.stats.execs["glance_failed"] += 1
+            self.inspect_pid(pid)
+            return
+        snap = seen.snap
+        if self.is_own(snap):
+            return
+        if (seen.exe_key is not None and seen.exe_key in p.known
+                and (not snap.container_id or snap.container_id in p.containers)
+                and not is_msr_modprobe(snap.cmdline)
+                and p.judge.process(snap, p.containers.get(snap.container_id),
+                                    p.containers.image_evidence(snap.container_id)) is None):
+            p.tracker.seen(snap)
+            p.containers.note_cgroup(snap.container_id, snap.cgroup_path)
+            self.stats.execs["quiet_at_a_glance"] += 1
+            return
+        self.stats.execs["read_whole"] += 1
+        full = p.snapshots.snapshot(pid, self.net_tables)
+        if full is None:
+            return
+        if self.judge(full) is None and full.start_ticks == snap.start_ticks and full.hashes is not None \
+                and seen.exe_key is not None and not self.is_own(full):
+            p.known.add(seen.exe_key)  # judged whole and clean: the next exec of this very file stops at a glance
+
+    def inspect_pid(self, pid: int, *, in_container: str = "") -> bool:
+        """Read ``pid`` whole and judge it; False when it is gone (or, with ``in_container``, not in it)."""
+        if pid == self.own_pid:
+            return False
+        snap = self.p.snapshots.snapshot(pid, self.net_tables)
+        if snap is None or (in_container and snap.container_id != in_container):
+            return False
+        self.judge(snap)
+        return True
+
+    def judge(self, snap: ProcessSnapshot, *, memory_scanned: bool = False) -> Finding | None:
+        """Judge one (collected, exe-scanned) process; ``memory_scanned``: its memory hits are attached."""
+        if self.is_own(snap):
+            return None
+        entry = self.p.tracker.seen(snap)
+        self.p.containers.note_cgroup(snap.container_id, snap.cgroup_path)
+        if entry.checks == 1 and is_msr_modprobe(snap.cmdline):
+            self.blame_msr_modprobe(snap)
+        container = self.p.containers.get(snap.container_id) if snap.container_id else None
+        if snap.container_id and container is None and snap.container_runtime in ("docker", ""):
+            container = self.p.containers.refresh(snap.container_id)
+        snap = dataclasses.replace(snap, behaviour=self.p.behaviour.verdict(snap.pid, snap.start_ticks))
+        finding = self.p.judge.process(snap, container, self.p.containers.image_evidence(snap.container_id))
+        if finding is None:
+            return None
+        self.p.tracker.record(snap.pid, finding)
+        if not memory_scanned and finding.severity >= Severity.MEDIUM and not any(e.signal == "yara" for e in finding.evidence):
+            # Suspicious but nothing in its file: a packed miner shows itself in memory once it runs.
+            self.p.behaviour.request_scan(snap.pid, snap.start_ticks, self.clock())
+        return self.p.emitter.emit(finding)
+
+    def blame_msr_modprobe(self, snap: ProcessSnapshot) -> None:
+        """xmrig runs ``sh -c "modprobe msr allow_writes=on"``: blame the miner (the shell's parent or itself)."""
+        parent = self.p.snapshots.procfs.snapshot(snap.ppid) if snap.ppid else None
+        for pid in (snap.ppid, parent.ppid if parent is not None else 0):
+            entry = self.p.tracker.get(pid) if pid else None
+            if entry is not None:
+                self.p.behaviour.note_artefact(pid, entry.start_ticks, MSR_MODPROBE_CHILD, self.clock())
+                self.p.behaviour.request_scan(pid, entry.start_ticks, self.clock())
