@@ -116,6 +116,9 @@ class ProcessSnapshot:
     # A container id the cgroup path names although no runtime made that cgroup (a hand-made
     # ``docker-<id>.scope`` in a user slice): never the container, kept for the detectors.
     cgroup_claim: str = ""
+    # In the agent's own container only: did the process come in from outside it (``docker exec``,
+    # nsenter: its parent, or an ancestor that came in so, is not in that container)? None: not asked.
+    entered_from_outside: bool | None = None
     net_ns: int = 0  # inode of /proc/PID/ns/net
     connections: tuple[Connection, ...] = ()
     miner_config: MinerConfig | None = None

@@ -7,6 +7,7 @@ every process of the agent's own container was skipped, so hiding there was a wa
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -45,12 +46,20 @@ def test_a_miner_execed_into_the_agents_own_container_is_alerted(tmp_path, docke
            *_mounts("/usr", "/lib", "/lib64", "/etc/ssl", prefix, python.parent.parent, REPO, helper_bins.dir),
            "-v", f"{work}:{work}", "-v", "/var/run/docker.sock:/var/run/docker.sock",
            "-e", f"NOTIFY_SOCKET={agent.notify_path}", "-e", "PYTHONUNBUFFERED=1", "-w", str(REPO),
-           base_image, str(Path(sys.executable)), "-m", "agent", "run", "--config", str(agent.config_path)]
+           # The container's own init (sh) starts a sleep beside the agent: the container's workload,
+           # not a process put in from outside.
+           base_image, "/bin/sh", "-c", f"sleep 600 & {Path(sys.executable)} -m agent run --config {agent.config_path}; wait"]
     log = open(agent.log_path, "ab")
     try:
         agent.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         agent.wait_notify("READY=1", 90)
         cid = docker_client.api.inspect_container(name)["Id"]
+        # First a plain sleep put in from outside: medium on that alone (the first finding of this
+        # container's incident; later ones of the same severity are deduplicated into it).
+        docker_client.api.exec_start(docker_client.api.exec_create(cid, ["sleep", "601"])["Id"], detach=True)
+        execed = agent.wait_alert(lambda a: a.get("process", {}).get("args") == ["sleep", "601"], 30,
+                                  "a plain sleep docker-exec'd in is alerted as put in from outside")
+        assert execed["event"]["severity"] >= 47 and "from outside" in json.dumps(execed["minerwatch"]["evidence"])
         pool = ["/bin/sh", "-c", f"exec {helper_bins.dir}/fakepool 3391"]
         docker_client.api.exec_start(docker_client.api.exec_create(cid, pool)["Id"], detach=True)
         miner = [f"{helper_bins.dir}/fakeminer", "-o", "stratum+tcp://127.0.0.1:3391", "-u", TEST_WALLET,
@@ -65,6 +74,8 @@ def test_a_miner_execed_into_the_agents_own_container_is_alerted(tmp_path, docke
         own = [a for a in agent.alerts() if "agent" in " ".join(a.get("process", {}).get("args", []))
                and a.get("process", {}).get("name", "").startswith("python")]
         assert own == [], "the agent's own process is never judged"
+        assert not [a for a in agent.alerts() if a.get("process", {}).get("args") == ["sleep", "600"]], \
+            "the container's own workload (started by its init) is not foreign"
     finally:
         subprocess.run(["docker", "rm", "-f", name], capture_output=True, timeout=60)
         if agent.proc is not None:

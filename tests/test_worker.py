@@ -407,6 +407,9 @@ def test_a_foreign_process_in_the_agents_container_is_evidence():
     (e,) = agent_container.detect(proc, Context(sigs, agent_container=CID))
     assert e.strong and "own container" in e.detail
     assert agent_container.detect(proc, Context(sigs, agent_container="")) == []
+    started_inside = ProcessSnapshot(pid=7, exe="/usr/sbin/cron", container_id=CID, entered_from_outside=False)
+    assert agent_container.detect(started_inside, Context(sigs, agent_container=CID)) == [], \
+        "a process the container's own init started is judged on its own evidence only"
     assert agent_container.detect(ProcessSnapshot(pid=7, container_id="d" * 64), Context(sigs, agent_container=CID)) == []
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from agent.collectors import netns
+from agent.collectors import cgroups, netns, procparse, procread
 from agent.collectors.glance import Glance, glance
 from agent.collectors.hashing import HashCache
 from agent.collectors.procfs import ProcfsCollector
@@ -51,6 +51,16 @@ class SnapshotCollector:
 
     def container_pids(self, container_id: str) -> list[int]:
         return self.procfs.container_pids(container_id)
+
+    def container_of(self, pid: int) -> str | None:
+        """The container id of ``pid`` from its cgroup ("" on the host; None: gone or unreadable)."""
+        if pid <= 0:
+            return None
+        try:
+            text = procread.read_once(f"{self.proc_root}/{pid}/cgroup", size=65536)
+        except OSError:
+            return None
+        return cgroups.parse_cgroup(procparse.decode(text))[0]
 
     def glance(self, pid: int) -> Glance | None:
         """The few reads an exec is judged on first (``collectors.glance``); None: read it fully."""

@@ -24,15 +24,17 @@ if TYPE_CHECKING:
 
 class Processes:
     def __init__(self, parts: Parts, stats: WorkerStats, *, clock: Callable[[], float], own_pid: int,
-                 own_ancestors: Collection[int] = ()) -> None:
+                 own_ancestors: Collection[int] = (), own_container: str = "") -> None:
         """``own_pid`` and ``own_ancestors``: the agent's own process tree, the only processes never judged
-        (its container is judged like any other)."""
+        (its container, ``own_container``, is judged like any other)."""
         self.p = parts
         self.stats = stats
         self.clock = clock
         self.own_pid = own_pid
         self.own_tree = {own_pid, *own_ancestors}
         self.own_children: set[int] = set()  # processes the agent started (bounded by what it starts: none today)
+        self.own_container = own_container
+        self.entered: set[int] = set()  # processes of the agent's container that came in from outside
         # TCP tables per network namespace, read at most once per periodic pass: a process seen at
         # exec has no connection yet, and its recheck in the next pass reads fresh tables.
         self.net_tables = netns.NetTables()
@@ -40,7 +42,9 @@ class Processes:
     def new_pass(self, alive: Collection[int]) -> None:
         """A periodic pass begins: fresh TCP tables; forget children of ours that exited."""
         self.net_tables.clear()
-        self.own_children &= set(alive)
+        alive = set(alive)
+        self.own_children &= alive
+        self.entered &= alive
 
     def on_memory(self, scanned: MemoryScanned) -> None:
         """A memory scan came back: judge the process (still the same one) with the hits found."""
@@ -111,6 +115,8 @@ class Processes:
         if snap.container_id and container is None and snap.container_runtime in ("docker", ""):
             container = self.p.containers.refresh(snap.container_id)
         snap = dataclasses.replace(snap, behaviour=self.p.behaviour.verdict(snap.pid, snap.start_ticks))
+        if self.own_container and snap.container_id == self.own_container:
+            snap = dataclasses.replace(snap, entered_from_outside=self._entered(snap))
         finding = self.p.judge.process(snap, container, self.p.containers.image_evidence(snap.container_id))
         if finding is None:
             return None
@@ -119,6 +125,16 @@ class Processes:
             # Suspicious but nothing in its file: a packed miner shows itself in memory once it runs.
             self.p.behaviour.request_scan(snap.pid, snap.start_ticks, self.clock())
         return self.p.emitter.emit(finding)
+
+    def _entered(self, snap: ProcessSnapshot) -> bool:
+        """A process of the agent's container came in from outside: its parent is not in the container,
+        or came in so itself (remembered while it lives)."""
+        if snap.pid in self.entered:
+            return True
+        came_in = snap.ppid in self.entered or self.p.snapshots.container_of(snap.ppid) != self.own_container
+        if came_in:
+            self.entered.add(snap.pid)
+        return came_in
 
     def blame_msr_modprobe(self, snap: ProcessSnapshot) -> None:
         """xmrig runs ``sh -c "modprobe msr allow_writes=on"``: blame the miner (the shell's parent or itself)."""

@@ -86,7 +86,7 @@ def build(config: Config, signatures: Signatures, *, config_path: str | None = N
         judge=judge,
         emitter=Emitter(cfg, responder, alerts, stats),
     )
-    worker = Worker(cfg, signatures, parts, queue, clock=clock, own_pid=own_pid,
+    worker = Worker(cfg, signatures, parts, queue, clock=clock, own_pid=own_pid, own_container=own_container,
                     own_ancestors=identity.ancestors(cfg.agent.proc_root, own_pid), load=loader(config_path), stats=stats)
     collectors = Collectors(
         bulk=bulk,

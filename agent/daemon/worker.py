@@ -80,7 +80,7 @@ class Parts:
 
 class Worker:
     def __init__(self, config: Config, signatures: Signatures, parts: Parts, queue: EventQueue, *,
-                 clock: Callable[[], float], own_pid: int, own_ancestors: Collection[int] = (),
+                 clock: Callable[[], float], own_pid: int, own_ancestors: Collection[int] = (), own_container: str = "",
                  load: Callable[[], tuple[Config, Signatures]] | None = None,
                  on_reload: Callable[[str], None] | None = None, stats: WorkerStats | None = None) -> None:
         """``own_pid`` and ``own_ancestors``: the agent's own process tree, the only processes never judged
@@ -92,7 +92,8 @@ class Worker:
         self.clock = clock
         self.load, self.on_reload = load, on_reload or (lambda status: None)
         self.stats = stats or WorkerStats()
-        self.processes = Processes(parts, self.stats, clock=clock, own_pid=own_pid, own_ancestors=own_ancestors)
+        self.processes = Processes(parts, self.stats, clock=clock, own_pid=own_pid, own_ancestors=own_ancestors,
+                                   own_container=own_container)
         self.ready = threading.Event()
         self.heartbeat = clock()
 
