@@ -240,3 +240,49 @@ def test_pool_urls_are_capped_in_length_and_number():
     long_url = cmdline_urls(("m", "-o", "stratum+tcp://" + "a" * 100_000 + ".example:3333"))
     assert long_url and all(len(u) <= MAX_URL for u in long_url)
     assert parse_endpoint("stratum+tcp://" + "a." * 50_000 + "example:3333") is None
+
+
+# ------------------------------------------------------------ evidence an analyst reads (issue 15)
+
+_INTERNAL_IDS = ("stratum_url", "pool_url_flag", "user_flag", "donate_level", "monero_address", "algo_miner",
+                 "cpu_max_threads_hint", "randomx_flag", "coin_flag")
+
+
+def _bundled_ctx() -> Context:
+    from agent.signatures import load_bundle
+
+    return Context(load_bundle())
+
+
+def test_cmdline_evidence_says_what_it_saw_without_pattern_ids_and_prints_the_wallet_once():
+    """An XMRig command line: every detail is plain words (no bundle ids such as stratum_url or pool_url_flag),
+    says why it matters, and the wallet address appears in exactly one detail."""
+    proc = ProcessSnapshot(pid=1, cmdline=("xmrig", "-o", "stratum+tcp://pool.example.org:3333", "-u", WALLET,
+                                           "--donate-level=1", "-a", "rx/0", "--cpu-max-threads-hint=50"))
+    details = [e.detail for e in cmdline.detect(proc, _bundled_ctx())]
+    assert len(details) >= 5, details
+    for d in details:
+        assert not any(i in d for i in _INTERNAL_IDS), d
+    assert sum(WALLET in d for d in details) == 1, details
+    assert any(d.startswith("Monero wallet address on the command line: ") and "paid" in d for d in details), details
+    assert any("stratum URL" in d and "mining pools" in d for d in details), details
+    assert any("-u/--user" in d and "<wallet>" in d for d in details), details
+
+
+def test_a_memfd_executable_is_called_fileless_not_deleted():
+    """/proc/PID/exe of a program run from memfd_create reads '/memfd:NAME (deleted)': that is a fileless
+    executable, not one 'deleted after it started'."""
+    proc = ProcessSnapshot(pid=1, name="x", exe="/memfd:payload", exe_deleted=True, cmdline=("x",))
+    details = [e.detail for e in location.detect(proc, CTX)]
+    assert any(d.startswith("fileless executable: ") and "memfd:payload" in d for d in details), details
+    assert not any("deleted" in d for d in details), details
+    gone = ProcessSnapshot(pid=2, name="y", exe="/opt/y", exe_deleted=True, cmdline=("y",))
+    assert any("was deleted from disk while it runs" in e.detail for e in location.detect(gone, CTX))
+
+
+def test_network_evidence_explains_a_stratum_port():
+    """A bare connection to a stratum port says it is a common mining-pool port and weak alone."""
+    proc = ProcessSnapshot(pid=1, connections=(Connection("10.0.0.2", 5000, "192.0.2.7", 3333, "ESTABLISHED"),))
+    (e,) = network.detect(proc, _bundled_ctx())
+    assert e.detail.startswith("connected to 192.0.2.7:3333: port 3333 is a common mining-pool (stratum) port")
+    assert "weak alone" in e.detail

@@ -22,15 +22,61 @@ def _clip(text: str) -> str:
     return text if len(text) <= _MAX_DETAIL else text[:_MAX_DETAIL] + "..."
 
 
+# What each bundled command-line pattern means, for the analyst reading the alert (pattern names are
+# the bundle's internal ids and never reach an alert). A pattern of a custom bundle not listed here is
+# described by its name, in words.
+_SEEN = {
+    "stratum_url": "a stratum URL (stratum: the protocol miners speak to mining pools)",
+    "stratum_plain_url": "a stratum URL (stratum: the protocol miners speak to mining pools)",
+    "pool_url_flag": "a pool address after -o, XMRig's option naming the mining pool",
+    "pool_url_long_flag": "a pool address after --url, XMRig's option naming the mining pool",
+    "user_flag": "a wallet-length login after -u/--user, the pool login miners use (weak alone)",
+    "donate_level": "--donate-level, an option only XMRig-family miners have",
+    "algo_miner": "a mining algorithm chosen with -a/--algo (RandomX, CryptoNight, KawPow...)",
+    "coin_flag": "--coin, the miner option naming the coin to mine",
+    "randomx_flag": "a --randomx-* option, tuning RandomX (Monero's mining algorithm)",
+    "cpu_max_threads_hint": "--cpu-max-threads-hint, XMRig's option to mine on only part of the CPU (to stay unnoticed)",
+    "cpu_priority": "--cpu-priority, XMRig's process priority option",
+    "nicehash_flag": "--nicehash, a miner option for the NiceHash marketplace",
+    "keepalive_flag": "-k/--keepalive, XMRig's pool keepalive (weak alone: other tools use -k too)",
+    "tls_fingerprint": "--tls-fingerprint, XMRig's pinned pool certificate",
+    "no_huge_pages": "--no-huge-pages, an XMRig RandomX option",
+    "tls_dp_ports": "the '-p N -tls -dp N' options of a known miner launcher",
+    "msr_modprobe": "loading the msr module with writes allowed, which miners do to speed up RandomX",
+    "xmrig_download": "a download of an XMRig release",
+    "b64_donate_level": "'--donate-level=' hidden in base64, an obfuscated XMRig option",
+    "b64_stratum": "a stratum URL hidden in base64, an obfuscated pool address",
+}
+_COINS = {"monero": "Monero", "bitcoin": "Bitcoin", "litecoin": "Litecoin", "ethereum": "Ethereum", "zcash": "Zcash"}
+
+
+def _seen(name: str) -> str:
+    return _SEEN.get(name, f"{name.replace('_', ' ')} (a miner signature of the bundle in use)")
+
+
+def coin(pattern_name: str) -> str:
+    """``monero_subaddress`` -> ``Monero``: the coin of a wallet pattern, for the alert text."""
+    head = pattern_name.split("_", 1)[0].lower()
+    return _COINS.get(head, head.capitalize() or "cryptocurrency")
+
+
 def _command_line(proc: ProcessSnapshot, ctx: Context) -> list[Evidence]:
     # What the regexes see: each argument and the line capped, start and end kept (a padded argv
     # neither costs unbounded time nor pushes the miner's own arguments out of view).
     line = match_text(proc.cmdline)
     out: list[Evidence] = []
+    wallet = None
+    for pat in ctx.signatures.wallet_patterns.matching(line):
+        if m := pat.regex.search(line):
+            wallet = (pat, m.group(0))
+            break
     for pat in ctx.signatures.cmdline_patterns.matching(line):  # one RE2-set pass, then only those that hit
         m = pat.regex.search(line)
         if m:
-            out.append(Evidence("cmdline", f"{pat.name}: {_clip(m.group(0))!r}", pat.weight, _RULE))
+            shown = m.group(0).strip()
+            if wallet is not None:  # the wallet is printed once, in its own evidence
+                shown = shown.replace(wallet[1], "<wallet>")
+            out.append(Evidence("cmdline", f"command line has {_seen(pat.name)}: {_clip(shown)!r}", pat.weight, _RULE))
     context = None
     for url in cmdline_urls(proc.cmdline):
         ep = parse_endpoint(url)
@@ -38,18 +84,17 @@ def _command_line(proc: ProcessSnapshot, ctx: Context) -> list[Evidence]:
             # A bare host:port is a pool's given by -o, or with miner options or miner facts; a tunnel's
             # or a proxy's "--url 127.0.0.1:8080" alone is weak.
             context = _pool_context(proc, ctx) if context is None else context
-            out.append(Evidence("cmdline", f"scheme-less pool URL on the command line: {_clip(url)!r}",
+            out.append(Evidence("cmdline", f"pool address without a scheme on the command line: {_clip(url)!r}",
                                 25 if context else 5, _RULE, strong=context))
         if ep and (entry := ctx.signatures.pool_domain(ep[0])):
             out.append(
-                Evidence("cmdline", f"known pool domain {ep[0]} on the command line; source: {entry.source}", 40, _RULE,
+                Evidence("cmdline", f"known pool domain {ep[0]} on the command line (a mining pool); source: {entry.source}", 40, _RULE,
                          destination=("", ep[1], ep[0]))
             )
-    for pat in ctx.signatures.wallet_patterns.matching(line):
-        m = pat.regex.search(line)
-        if m:
-            out.append(Evidence("cmdline", f"{pat.name} wallet address {_clip(m.group(0))!r}", pat.weight, _RULE))
-            break
+    if wallet is not None:
+        pat, address = wallet
+        out.append(Evidence("cmdline", f"{coin(pat.name)} wallet address on the command line: {_clip(address)!r} "
+                            "(a miner logs in to its pool with the wallet it is paid to)", pat.weight, _RULE))
     return out
 
 
@@ -115,7 +160,7 @@ def _config(proc: ProcessSnapshot, ctx: Context) -> list[Evidence]:
         user = clip_middle(user, MAX_MATCH_PART)
         for pat in ctx.signatures.wallet_patterns.matching(user):
             if pat.regex.search(user):
-                out.append(Evidence("config", f"{pat.name} wallet address in {cfg.path}{where}",
+                out.append(Evidence("config", f"{coin(pat.name)} wallet address in {cfg.path}{where} (the pool login: who is paid)",
                                     pat.weight if own else 5, _RULE, strong=own))
                 return out
     return out

@@ -28,6 +28,7 @@ _SYSTEM_NAMES = frozenset({
     "rsyslogd", "dbus-daemon", "containerd", "dockerd", "init", "kthreadd", "agetty", "polkitd", "udevd",
 })
 _SYSTEM_DIRS = ("/usr/", "/bin/", "/sbin/", "/lib/", "/lib64/", "/opt/")
+_MEMFD = "/memfd:"  # what /proc/PID/exe says of an executable run from memfd_create (fexecve)
 
 
 def detect(proc: ProcessSnapshot, ctx: Context) -> list[Evidence]:
@@ -35,7 +36,8 @@ def detect(proc: ProcessSnapshot, ctx: Context) -> list[Evidence]:
     if proc.is_kernel_thread:
         return out
     if proc.exe.startswith(_TEMP_DIRS):
-        out.append(Evidence("location", f"executable runs from a temporary directory: {proc.exe}", 10, _RULE, strong=False))
+        out.append(Evidence("location", f"executable runs from a temporary directory any user can write to: {proc.exe} "
+                                        "(where droppers put miners; weak alone)", 10, _RULE, strong=False))
     elif proc.program.startswith(_TEMP_DIRS):
         out.append(Evidence("location", f"program {proc.program} (run by the loader {proc.exe}) lies in a temporary "
                                         "directory", 10, _RULE, strong=False))
@@ -43,8 +45,13 @@ def detect(proc: ProcessSnapshot, ctx: Context) -> list[Evidence]:
         # ld.so PROGRAM: a way to run a binary that hash and name checks of /proc/PID/exe never see
         out.append(Evidence("location", f"program {proc.program} is run by the dynamic loader {proc.exe}", 5, _RULE,
                             strong=False))
-    if proc.exe_deleted:
-        out.append(Evidence("location", f"executable {proc.exe} was deleted after it started", 15, _RULE, strong=False))
+    if proc.exe.startswith(_MEMFD):
+        out.append(Evidence("location", f"fileless executable: it runs from an in-memory file ({proc.exe[1:]}), with "
+                                        "nothing on disk to scan; droppers do this to hide a miner (weak alone)",
+                            15, _RULE, strong=False))
+    elif proc.exe_deleted:
+        out.append(Evidence("location", f"executable {proc.exe} was deleted from disk while it runs (droppers delete a "
+                                        "miner after starting it; weak alone)", 15, _RULE, strong=False))
     if proc.exe:
         runs = proc.program or proc.exe  # what really runs, behind a loader too
         argv0 = proc.cmdline[0] if proc.cmdline else ""

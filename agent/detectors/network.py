@@ -36,12 +36,13 @@ def detect(proc: ProcessSnapshot, ctx: Context) -> list[Evidence]:
             weak = (source == "command line" and generic) or (
                 source != "command line" and proc.miner_config is not None and not proc.miner_config.shaped
                 and not looks_like_a_miner(proc, ctx.signatures))
-            out.append(Evidence("network", f"connected to {where}, the pool port named in its {source} ({host})",
+            out.append(Evidence("network", f"connected to {where}, the port of the pool {host} named in its {source}",
                                 5 if weak else 30, _RULE, strong=not weak,
                                 destination=(conn.remote_ip, conn.remote_port, _hostname(host))))
         elif (entry := ctx.signatures.pool_ports.get(conn.remote_port)) is not None:
             # A stratum port alone is a weak hint: plenty of software listens on 3333 or 5555.
-            out.append(Evidence("network", f"connected to {where}, a common stratum port; source: {entry.source}", 20, _RULE,
+            out.append(Evidence("network", f"connected to {where}: port {conn.remote_port} is a common mining-pool (stratum) "
+                                f"port, also used by other services (weak alone); source: {entry.source}", 20, _RULE,
                                 strong=False, destination=(conn.remote_ip, conn.remote_port, "")))
     return out
 
