@@ -102,7 +102,9 @@ def test_dedupe_memory_and_file_stay_bounded(tmp_path):
     d.close()
     assert len(path.read_bytes().splitlines()) <= 2 * 1000 + 1
     again = Dedupe(path, 3600, clock=clock, max_entries=100)
-    assert not again.check(make_alert(4999)) and again.check(make_alert(0))
+    last = {**template, "minerwatch": {**template["minerwatch"], "finding_id": f"{5000:032x}"}}
+    first = {**template, "minerwatch": {**template["minerwatch"], "finding_id": f"{1:032x}"}}
+    assert not again.check(last) and again.check(first)
 
 
 def test_damaged_dedupe_file_is_survived(tmp_path):
@@ -117,3 +119,31 @@ def test_damaged_dedupe_file_is_survived(tmp_path):
         f.write('["abc", 1, \n\x00garbage\n')
     again = Dedupe(path, 3600, clock=clock)
     assert not again.check(a)
+
+
+def test_an_incident_that_grows_is_alerted_again():
+    """The same incident at the same severity is alerted again when it gains a new subject (the file now
+    runs as a process, another process), a new signal kind or a new peer; a plain repeat is not."""
+    clock = Clock()
+    d = Dedupe(None, 3600, clock=clock)
+    base = make_alert(1)
+    fid = base["minerwatch"]["finding_id"]
+    mw = base["minerwatch"]
+    as_file = {k: v for k, v in base.items() if k != "process"}
+    as_file["file"] = {"path": "/tmp/kworkerds", "size": 10}
+    steps = [
+        (as_file, True),
+        (as_file, False),  # a plain repeat
+        ({**base, "file": as_file["file"]}, True),  # the file now runs: a process
+        ({**base, "file": as_file["file"]}, False),
+        ({**base, "file": as_file["file"], "process": {**base["process"], "pid": 4242}}, True),  # another process
+        ({**base, "file": as_file["file"], "minerwatch": {**mw, "evidence": [*mw["evidence"],
+          {"signal": "yara", "detail": "MW_XMRig_Memory in its memory", "weight": 90}]}}, True),  # a new signal kind
+        ({**base, "file": as_file["file"], "destination": {"ip": "127.0.0.9", "port": 443}}, True),  # a peer
+    ]
+    for n, (alert, expected) in enumerate(steps):
+        assert alert["minerwatch"]["finding_id"] == fid
+        assert d.check(alert) is expected, n
+        if expected:
+            d.record(alert)
+

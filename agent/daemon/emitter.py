@@ -3,9 +3,18 @@
 The alert pipeline (dedupe, spool, delivery threads) and the responder are built by the
 wiring and handed in; the emitter only orders them and counts. A finding below
 ``alert_severity`` is still responded to by policy, and alerted when a response was taken.
+
+Incidents grow: the findings of one incident (one ``finding_id``: a container, or a host
+executable) are merged, so each alert carries everything known so far (the file that was
+dropped, the process that runs it, its container, its evidence and peers) at the highest
+severity reached; the pipeline's dedupe lets an alert through when the incident gained a
+subject, a signal kind or a peer.
 """
 
 from __future__ import annotations
+
+import dataclasses
+from collections import OrderedDict
 
 import structlog
 
@@ -16,6 +25,21 @@ from agent.sinks.pipeline import SpoolError
 
 log = structlog.get_logger("minerwatch.emitter")
 
+MAX_INCIDENTS = 4096  # incidents remembered (least recently alerted forgotten first)
+MAX_EVIDENCE = 16  # as many as an alert carries
+
+
+def merge(known: Finding | None, new: Finding) -> Finding:
+    """``new`` with what its incident already knew: subjects it lacks, evidence it lacks, the higher severity."""
+    if known is None or known.finding_id != new.finding_id:
+        return new
+    have = {(e.signal, e.detail) for e in new.evidence}
+    evidence = (*new.evidence, *(e for e in known.evidence if (e.signal, e.detail) not in have))[:MAX_EVIDENCE]
+    top = max(known, new, key=lambda f: (f.severity, f.score))
+    return dataclasses.replace(new, evidence=evidence, severity=top.severity, score=top.score,
+                               process=new.process or known.process, file=new.file or known.file,
+                               container=new.container or known.container)
+
 
 class Emitter:
     def __init__(self, config: Config, responder, alerts, stats) -> None:
@@ -24,6 +48,7 @@ class Emitter:
         self.responder = responder
         self.alerts = alerts
         self.stats = stats
+        self._incidents: OrderedDict[str, Finding] = OrderedDict()
 
     def emit(self, finding: Finding) -> Finding:
         """Respond to and alert ``finding``; returns it with its response."""
@@ -31,6 +56,11 @@ class Emitter:
         finding = self.responder.respond(finding)  # never raises; a failed action is alerted (dedupe lets it through)
         if finding.severity < self.alert_severity and finding.response.result not in ("done", "failed"):
             return finding
+        finding = merge(self._incidents.get(finding.finding_id), finding)
+        self._incidents[finding.finding_id] = finding
+        self._incidents.move_to_end(finding.finding_id)
+        while len(self._incidents) > MAX_INCIDENTS:
+            self._incidents.popitem(last=False)
         try:
             self.alerts.submit(alert.build(finding))
         except SpoolError as exc:  # disk full or state dir unusable: say so loudly, keep detecting

@@ -1,8 +1,10 @@
-"""Alert dedupe: one alert per ``minerwatch.finding_id`` per window, unless it got worse.
+"""Alert dedupe: one alert per ``minerwatch.finding_id`` (an incident) per window, unless it grew.
 
-A repeat of a finding already alerted within ``window`` seconds is suppressed unless its
-severity rose or its response (action, result) changed. The window runs from the last
-alert sent for the finding, so a miner that keeps running is reported again once per window.
+A repeat of an incident already alerted within ``window`` seconds is suppressed unless its
+severity rose, its response (action, result) changed, or it gained something the SOC has not
+been told: a new kind of subject (the file now runs as a process, a new process, a container),
+a new signal kind (a pool connection, a memory YARA hit) or a new peer. The window runs from
+the last alert sent, so a miner that keeps running is reported again once per window.
 
 State is kept in memory (bounded: expired entries go first, then the oldest) and in an
 append-only file of admitted alerts that is compacted when it grows, so a restart does not
@@ -23,16 +25,41 @@ import structlog
 log = structlog.get_logger("minerwatch.alerts")
 
 
+MAX_PROCESS_FACETS = 16  # distinct PIDs of one incident alerted for; more are summed up in the next alert
+
+
 class _Seen(NamedTuple):
     at: float  # wall-clock time of the last alert sent
     severity: int
     response: str
+    facets: frozenset = frozenset()  # what the SOC has been told of this incident
 
 
 def _key(alert: dict) -> tuple[str, int, str]:
     mw = alert["minerwatch"]
     resp = mw.get("response") or {}
     return str(mw["finding_id"]), int(alert["event"]["severity"]), f"{resp.get('action', '')}/{resp.get('result', '')}"
+
+
+def facets(alert: dict) -> frozenset:
+    """What an alert tells: its kinds of subject, its process, its signal kinds, its peer."""
+    out = {f"signal:{e.get('signal', '')}" for e in alert.get("minerwatch", {}).get("evidence", ())}
+    for kind in ("file", "process", "container"):
+        if kind in alert:
+            out.add(kind)
+    if (pid := alert.get("process", {}).get("pid")) is not None:
+        out.add(f"pid:{pid}")
+    if (dest := alert.get("destination")) and (dest.get("ip") or dest.get("domain")):
+        out.add(f"peer:{dest.get('ip') or dest.get('domain')}:{dest.get('port', '')}")
+    return frozenset(out)
+
+
+def _news(new: frozenset, seen: frozenset) -> frozenset:
+    """Facets not told yet; past MAX_PROCESS_FACETS PIDs, another PID alone is no news."""
+    fresh = new - seen
+    if sum(1 for f in seen if f.startswith("pid:")) >= MAX_PROCESS_FACETS:
+        fresh = frozenset(f for f in fresh if not f.startswith("pid:"))
+    return fresh
 
 
 class Dedupe:
@@ -56,7 +83,8 @@ class Dedupe:
             return True
         fid, severity, response = _key(alert)
         prev = self._seen.get(fid)
-        if prev is not None and 0 <= self.clock() - prev.at < self.window and severity <= prev.severity and response == prev.response:
+        if (prev is not None and 0 <= self.clock() - prev.at < self.window and severity <= prev.severity
+                and response == prev.response and not _news(facets(alert), prev.facets)):
             self.suppressed += 1
             return False
         return True
@@ -67,14 +95,16 @@ class Dedupe:
             return
         fid, severity, response = _key(alert)
         now = self.clock()
-        self._remember(fid, _Seen(now, severity, response))
+        prev = self._seen.get(fid)
+        told = facets(alert) | (prev.facets if prev is not None and 0 <= now - prev.at < self.window else frozenset())
+        self._remember(fid, _Seen(now, severity, response, told))
         if self.path is None:
             return
         try:
             if self._file is None:  # an earlier write failed: rewrite everything
                 self._compact()
                 return
-            self._file.write(json.dumps([fid, now, severity, response]) + "\n")
+            self._file.write(json.dumps([fid, now, severity, response, sorted(told)]) + "\n")
             self._file.flush()
             self._lines += 1
             if self._lines > 2 * max(len(self._seen), 1000):
@@ -117,8 +147,9 @@ class Dedupe:
         bad = 0
         for line in raw.splitlines():
             try:
-                fid, at, severity, response = json.loads(line)
-                self._remember(str(fid), _Seen(float(at), int(severity), str(response)))
+                fid, at, severity, response, *rest = json.loads(line)  # older lines have no facets
+                told = frozenset(str(f) for f in rest[0]) if rest else frozenset()
+                self._remember(str(fid), _Seen(float(at), int(severity), str(response), told))
             except (ValueError, TypeError):  # a torn last line after a crash, or damage
                 bad += 1
         if bad:
@@ -136,7 +167,7 @@ class Dedupe:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "w") as f:
             for fid, s in self._seen.items():
-                f.write(json.dumps([fid, s.at, s.severity, s.response]) + "\n")
+                f.write(json.dumps([fid, s.at, s.severity, s.response, sorted(s.facets)]) + "\n")
         os.replace(tmp, self.path)
         self._lines = len(self._seen)
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open, closed in close()
