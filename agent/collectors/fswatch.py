@@ -14,15 +14,21 @@ the rare duplicate. A watched path that does not exist yet stays pending and is 
 that lost events to a full queue is walked again by ``refresh()`` (``agent.collectors.rescans``),
 so a payload whose events were dropped in a storm is still inspected.
 
-Threads: the observer (dispatch), one inotify reader, and one emitter per watch (watchdog's
-design). Failing to add a watch (``fs.inotify.max_user_watches``, a vanished directory) is
-logged and counted, never raised. Note that watchdog silently skips sub-directories it
-cannot watch once the limit is reached; ``stats()`` reports the limit for the metrics.
+Watches never leave their tree (``agent.collectors.inotify``): each directory is opened from
+the root's descriptor without following symlinks, checked to be a directory on the root's
+device and watched through its descriptor (``IN_ONLYDIR``), so a directory swapped for a
+symlink to ``/`` is refused instead of walked. Watches are capped per layer
+(``max_layer_watches``) and in all (``max_watches``, by default three quarters of
+``fs.inotify.max_user_watches``); refusals are counted in ``stats()`` as
+``watch_refused_<reason>``.
+
+Threads: one inotify reader (``minerwatch-inotify``), which also adds the watches of new
+sub-directories. Failing to add a watch (``fs.inotify.max_user_watches``, a vanished
+directory) is logged and counted, never raised.
 """
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
 import threading
@@ -31,47 +37,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import structlog
-from watchdog.events import FileClosedEvent, FileCreatedEvent, FileMovedEvent, FileSystemEvent, FileSystemEventHandler
-from watchdog.observers.api import ObservedWatch
-from watchdog.observers.inotify import InotifyObserver
-
 from agent.collectors import files
+from agent.collectors.confined import Refused
+from agent.collectors.inotify import IN_CLOSE_WRITE, IN_CREATE, IN_ISDIR, IN_MOVED_TO, Inotify, Reader, Rel, Tree
 from agent.collectors.procread import read_int
 from agent.collectors.rescans import Key, Rescans, Root
 from agent.events import EventQueue, FileEvent
 
 log = structlog.get_logger("minerwatch.fswatch")
 
-# Only these reach the handler; the inotify mask is narrowed to match (no IN_MODIFY/IN_OPEN
-# noise, and the worker's own reads never trigger events).
-WATCHED_EVENTS = [FileCreatedEvent, FileMovedEvent, FileClosedEvent]
 STOP_TIMEOUT_S = 2.0
 MAX_USER_WATCHES = "/proc/sys/fs/inotify/max_user_watches"
-
-
-class _Enqueue(FileSystemEventHandler):
-    """Runs in the observer thread: turns file events under one watch into FileEvents, nothing else."""
-
-    def __init__(self, watcher: FileWatcher, key: Key, container_id: str, root: str) -> None:
-        self._watcher = watcher
-        self._key = key
-        self._container_id = container_id
-        self._root = root
-
-    def _offer(self, path: bytes | str) -> None:
-        self._watcher._offer(FileEvent(os.fsdecode(path), self._container_id, self._root), self._key)
-
-    def on_created(self, event: FileSystemEvent) -> None:
-        if not event.is_directory:
-            self._offer(event.src_path)
-
-    def on_moved(self, event: FileSystemEvent) -> None:
-        if not event.is_directory and event.dest_path:
-            self._offer(event.dest_path)
-
-    def on_closed(self, event: FileSystemEvent) -> None:
-        if not event.is_directory:
-            self._offer(event.src_path)
+MAX_LAYER_WATCHES = 16_384
 
 
 @dataclass
@@ -81,7 +58,7 @@ class _Entry:
     path: str
     container_id: str = ""
     root: str = ""
-    watch: ObservedWatch | None = None  # None: pending (not live)
+    watch: Tree | None = None  # None: pending (not live)
     identity: tuple[int, int] = (0, 0)  # (st_dev, st_ino) of the directory when the watch was added
 
     @property
@@ -93,11 +70,16 @@ class _Entry:
 class FileWatcher:
     """Owns the observer and the wanted watches; all public methods are thread-safe."""
 
-    def __init__(self, events: EventQueue, *, max_walk_files: int = files.MAX_FILES) -> None:
+    def __init__(self, events: EventQueue, *, max_walk_files: int = files.MAX_FILES, max_watches: int | None = None,
+                 max_layer_watches: int = MAX_LAYER_WATCHES) -> None:
         self._events = events
         self._max_walk_files = max_walk_files
-        self._lock = threading.RLock()  # guards _observer and _entries
-        self._observer: InotifyObserver | None = None
+        self._max_watches = max_watches
+        self._max_layer_watches = max_layer_watches
+        self._lock = threading.RLock()  # guards _observer, _inotify and _entries
+        self._observer: Reader | None = None
+        self._inotify: Inotify | None = None
+        self._by_tree: dict[int, _Entry] = {}
         self._entries: dict[tuple[str, str], _Entry] = {}  # ("host", path) or ("layer", container_id)
         self._count_lock = threading.Lock()  # guards counters (taken in the observer thread: kept short)
         self.counters: Counter[str] = Counter()
@@ -160,9 +142,8 @@ class FileWatcher:
                 self.stop()
                 self.start()
                 return
-            alive = {e.watch for e in self._observer.emitters if e.is_alive()}
             for entry in self._entries.values():
-                if entry.watch is not None and (entry.watch not in alive or self._identity(entry.path) != entry.identity):
+                if entry.watch is not None and (entry.watch.lost or self._identity(entry.path) != entry.identity):
                     log.info("watch_lost", path=entry.path, container_id=entry.container_id)
                     self._count("watches_lost")
                     self._deactivate(entry)
@@ -178,40 +159,45 @@ class FileWatcher:
         self._count("queued", self._rescans.advance())
 
     def start(self) -> bool:
-        """Start the observer and make every wanted watch live; False (logged, counted) when inotify is unavailable."""
+        """Start the inotify reader and make every wanted watch live; False (logged, counted) when inotify is unavailable."""
         with self._lock:
             if self._observer is not None:
                 return True
             try:
-                observer = InotifyObserver()  # its inotify reader thread starts here
+                ino = Inotify(self._max_watches or _default_max_watches())
             except OSError as exc:  # EMFILE: fs.inotify.max_user_instances reached
                 self._count("watch_errors")
                 log.error("inotify_unavailable", error=str(exc))
                 return False
+            reader = Reader(ino, self._dispatch, self._overflow)
             try:
-                observer.start()
-            except (OSError, RuntimeError) as exc:  # could not start a thread: undo what __init__ started
-                observer.stop()
+                reader.start()
+            except RuntimeError as exc:  # could not start a thread
+                ino.close()
                 self._count("watch_errors")
                 log.error("observer_start_failed", error=str(exc))
                 return False
-            self._observer = observer
+            self._observer, self._inotify = reader, ino
             walks = [e for e in self._entries.values() if self._activate(e)]
         self._walk_all(walks)
         return True
 
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
-        """Stop every watch and the observer's threads, joining within ``timeout`` seconds; wanted watches are kept for a restart."""
+        """Stop every watch and the reader thread, joining within ``timeout`` seconds; wanted watches are kept for a restart."""
         with self._lock:
             observer, self._observer = self._observer, None
+            ino, self._inotify = self._inotify, None
             for entry in self._entries.values():
                 entry.watch = None
+            self._by_tree.clear()
         if observer is None:
             return
         observer.stop()
         observer.join(timeout)
         if observer.is_alive():
             log.warning("observer_stop_timeout", timeout=timeout)
+        else:
+            ino.close()
 
     def is_alive(self) -> bool:
         """True while the observer thread runs (for health checks)."""
@@ -229,7 +215,10 @@ class FileWatcher:
             }
         with self._count_lock:
             out.update(self.counters)
-        for key in ("queued", "dropped", "initial", "watch_errors", "rescans"):
+        with self._lock:
+            out["inotify_watches"] = len(self._inotify.owners) if self._inotify is not None else 0
+        for key in ("queued", "dropped", "initial", "watch_errors", "rescans", "watch_refused_symlink",
+                    "watch_refused_device", "watch_refused_tree_cap", "watch_refused_total_cap"):
             out.setdefault(key, 0)
         try:
             out["max_user_watches"] = read_int(MAX_USER_WATCHES)
@@ -275,26 +264,51 @@ class FileWatcher:
             self._count("watch_refused")
             log.warning("watch_refused", path=entry.path, reason="symlink" if stat.S_ISLNK(st.st_mode) else "not_a_directory")
             return False
-        handler = _Enqueue(self, entry.key, entry.container_id, entry.root)
+        cap = self._max_layer_watches if entry.container_id else self._inotify.max_watches
         try:
-            entry.watch = self._observer.schedule(handler, entry.path, recursive=True, event_filter=WATCHED_EVENTS)
-        except OSError as exc:  # ENOSPC: fs.inotify.max_user_watches; ENOENT: removed meanwhile
+            tree = Tree(self._inotify, entry.path, cap, self._count)
+        except (OSError, Refused) as exc:  # replaced by a symlink or removed since the lstat
             self._count("watch_errors")
-            hint = "raise fs.inotify.max_user_watches" if exc.errno == errno.ENOSPC else ""
-            log.warning("watch_failed", path=entry.path, container_id=entry.container_id, error=str(exc), hint=hint)
+            log.warning("watch_failed", path=entry.path, container_id=entry.container_id, error=str(exc))
             return False
+        if tree.identity != (st.st_dev, st.st_ino) or not tree.add():
+            tree.close()
+            self._count("watch_errors")
+            log.warning("watch_failed", path=entry.path, container_id=entry.container_id,
+                        hint="raise fs.inotify.max_user_watches")
+            return False
+        entry.watch = tree
+        self._by_tree[id(tree)] = entry
         entry.identity = (st.st_dev, st.st_ino)
         self._count("watches_added")
         return True
 
     def _deactivate(self, entry: _Entry) -> None:
-        watch, entry.watch = entry.watch, None
-        if watch is None or self._observer is None:
-            return
-        try:
-            self._observer.unschedule(watch)
-        except KeyError:  # already gone from the observer (it stopped itself): nothing left to undo
-            pass
+        tree, entry.watch = entry.watch, None
+        if tree is not None:
+            self._by_tree.pop(id(tree), None)
+            tree.close()
+
+    def _dispatch(self, tree: Tree, rel: Rel, mask: int, name: str) -> None:
+        """In the reader thread: a file event becomes a FileEvent; a new directory is watched (and its files offered)."""
+        with self._lock:
+            entry = self._by_tree.get(id(tree))
+            if entry is None or entry.watch is not tree:
+                return
+            added = tree.add((*rel, name)) if mask & IN_ISDIR and mask & (IN_CREATE | IN_MOVED_TO) else []
+            found = [(r, n) for r in added for n in tree.files_in(r)]
+        if not mask & IN_ISDIR and mask & (IN_CREATE | IN_MOVED_TO | IN_CLOSE_WRITE):
+            found.append((rel, name))
+        for r, n in found:
+            self._offer(FileEvent(os.path.join(tree.path, *r, n), entry.container_id, entry.root), entry.key)
+
+    def _overflow(self) -> None:
+        """The kernel's event queue overflowed: every watch may have lost events, so all are walked again."""
+        self._count("dropped")
+        with self._lock:
+            keys = list(self._entries)
+        for key in keys:
+            self._rescans.note_drop(key)
 
     def _walk_all(self, entries: list[_Entry]) -> None:
         """Enqueue the files already under newly live watches (outside the lock: it may take a while)."""
@@ -307,3 +321,11 @@ class FileWatcher:
                 self._offer(FileEvent(path, entry.container_id, entry.root), entry.key)
             self._count("initial", n)
             log.debug("watch_added", path=entry.path, container_id=entry.container_id, existing=n)
+
+
+def _default_max_watches() -> int:
+    """Three quarters of ``fs.inotify.max_user_watches``: the rest is left to everyone else running as root."""
+    try:
+        return max(1, read_int(MAX_USER_WATCHES) * 3 // 4)
+    except (OSError, ValueError):
+        return 65_536
