@@ -24,14 +24,15 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from agent.cli import (alerts_cmd, config_cmd, release_cmd, run_cmd, scan_image_cmd, signatures_cmd, sweep_cmd,
-                           version_cmd)
+    # Plain imports (not __import__): PyInstaller finds the subcommands by reading these.
+    from agent.cli import (alerts_cmd, config_cmd, release_cmd, run_cmd, scan_cmd, scan_image_cmd, signatures_cmd,
+                           sweep_cmd, version_cmd)
 
     cli.add_command(alerts_cmd.alerts)
     cli.add_command(config_cmd.config)
     cli.add_command(release_cmd.release)
     cli.add_command(scan_image_cmd.scan_image)
-    cli.add_command(__import__("agent.cli.scan_cmd", fromlist=["scan"]).scan)  # minerwatch scan PATH...
+    cli.add_command(scan_cmd.scan)
     cli.add_command(run_cmd.run)
     cli.add_command(sweep_cmd.sweep)
     cli.add_command(signatures_cmd.signatures)
