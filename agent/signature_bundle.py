@@ -161,7 +161,7 @@ def verify_manifest(r: Reader) -> None:
         data = r.data(rel)
         if data is not None and hashlib.sha256(data).hexdigest() != digest:
             r.issue(rel, 0, f"content does not match {MANIFEST} line {number} "
-                    "(changed without running scripts/update_manifest.py?)")
+                    "(edited without regenerating its manifest? `minerwatch signatures manifest DIR`)")
     for rel in bundle_files(r.root):
         if rel not in listed:
             r.issue(rel, 0, f"not listed in {MANIFEST}")

@@ -46,7 +46,7 @@ def scan(paths: tuple[str, ...], as_json: bool, config_path: str | None, min_sev
     from agent.collectors.scan_paths import PathScanner
     from agent.judge import Judge
 
-    logging_setup.configure("warning")
+    logging_setup.configure("warning", style="command")
     cfg = trust.load_config(config_path)  # as root: nothing another user can change (exit 2 naming the path)
     sig = trust.load_signatures(cfg)
     for path in paths:

@@ -37,7 +37,7 @@ def scan_image(image: str, as_json: bool, config_path: str | None, min_severity:
     from agent import logging_setup, trust
     from agent.images import scanner as image_scan
 
-    logging_setup.configure("warning")
+    logging_setup.configure("warning", style="command")
     cfg = trust.load_config(config_path)  # as root: nothing another user can change (exit 2 naming the path)
     sig = trust.load_signatures(cfg)
     level = Severity.parse(min_severity) if min_severity else cfg.alert_severity

@@ -36,7 +36,7 @@ BUILD_TIMEOUT = 900
 KEEP_BUILDS = 3  # cached builds kept (other sessions of other trees may be using theirs)
 
 PYINSTALLER_INPUTS = ("agent", "signatures", "pyproject.toml", "packaging/pyinstaller")
-DEB_INPUTS = ("packaging/deb", "packaging/system-libs.sh", "systemd/minerwatch.service", "README.md")
+DEB_INPUTS = ("packaging/deb", "packaging/man", "packaging/system-libs.sh", "systemd/minerwatch.service", "README.md")
 IMAGE_INPUTS = ("packaging/container", "packaging/system-libs.sh")
 
 
