@@ -312,12 +312,19 @@ def find_miner_config(proc_root, pid: int, cmdline: Sequence[str], cwd: str, exe
             default = name in CONFIG_NAMES and (base, path) not in explicit and (base, path) not in homes
             if default and key in dir_keys and dir_keys[key] in absent:
                 continue
+            in_home = (base, path) in homes and key in dir_keys
+            if in_home and (dir_keys[key], name) in absent:  # this HOME dir had no such file, unchanged since
+                continue
             try:
                 data = read_regular(dfd, name, max_bytes)
             except PermissionError as e:
                 denied = e
                 continue
             except FileNotFoundError:
+                if in_home:
+                    if len(absent) >= _ABSENT_MAX:
+                        absent.clear()
+                    absent[(dir_keys[key], name)] = True
                 if default and key in dir_keys:
                     misses[key] = misses.get(key, 0) + 1
                     if misses[key] == len(CONFIG_NAMES):
