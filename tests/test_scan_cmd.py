@@ -98,3 +98,45 @@ def test_single_file_and_fifo_never_opened(tree):
     assert proc.returncode == 1, proc.stderr
     assert [a["file"]["path"] for a in found] == [f"{tree}/start.sh"]
     assert "not a regular file" in proc.stderr
+
+
+def test_shared_buffers_big_files_and_the_byte_limit(tmp_path, helper_bins):
+    """Each worker reads every file into one reused buffer and a big file's YARA may run on the other worker:
+    every file still gets its own digests (no bytes of an earlier, bigger file) and its own YARA hits; a file
+    past the limit is not hashed, is YARA-scanned on its first part and is reported partial."""
+    import hashlib
+    import random
+
+    from agent.collectors import scan_paths
+    from agent.collectors.scan_paths import PathScanner
+    from agent.signatures import load_bundle
+
+    miner = helper_bins.fakeminer.read_bytes()
+    rnd = random.Random(15)
+    top = tmp_path / "t"
+    top.mkdir()
+    big = miner + rnd.randbytes(scan_paths.SPLIT_MIN + 12345)  # offers its YARA scan to the other worker
+    (top / "big-miner").write_bytes(big)
+    contents = {"big-miner": big, "big-clean": rnd.randbytes(scan_paths.SPLIT_MIN * 2 + 1)}
+    (top / "big-clean").write_bytes(contents["big-clean"])
+    for i in range(40):  # small files after big ones: the same buffers, shorter contents
+        contents[f"s{i}"] = rnd.randbytes(rnd.randint(0, 70_000))
+        (top / f"s{i}").write_bytes(contents[f"s{i}"])
+    limit = scan_paths.SPLIT_MIN * 3
+    huge = miner + rnd.randbytes(limit)
+    (top / "huge").write_bytes(huge)
+    scanner = PathScanner(load_bundle().yara, max_bytes=limit)
+    snaps = {os.path.basename(s.path): s for s in scanner.scan([str(top)])}
+    assert set(snaps) == {*contents, "huge"}
+    for name, data in contents.items():
+        s = snaps[name]
+        assert s.partial == () and s.hashes is not None, name
+        assert (s.hashes.sha256, s.hashes.sha1, s.hashes.md5, s.hashes.size) == (
+            hashlib.sha256(data).hexdigest(), hashlib.sha1(data).hexdigest(), hashlib.md5(data).hexdigest(),
+            len(data)), name
+        assert s.head == data[:16] and s.text == "", name
+    assert snaps["big-miner"].yara and not snaps["big-clean"].yara
+    assert {h.rule for h in snaps["big-miner"].yara} == {h.rule for h in snaps["huge"].yara}
+    assert snaps["huge"].hashes is None and snaps["huge"].partial == ("hashes",)
+    assert scanner.stats.files == len(contents) + 1 and scanner.stats.partial == 1
+    assert scanner.stats.bytes_read == sum(map(len, contents.values())) + limit

@@ -277,3 +277,19 @@ def hash_path(path: str | os.PathLike, cache: HashCache, max_bytes: int, *, root
         return hash_fd(fd, cache, max_bytes)
     finally:
         os.close(fd)
+
+
+def hash_buffer(data: bytes | bytearray | memoryview) -> Hashes:
+    """SHA-256, SHA-1, MD5 and size of bytes already in memory, without copying them.
+
+    Each digest takes the whole buffer in one ``update`` (not the constructor, which keeps the GIL
+    in Python 3.11), so hashlib releases the GIL for all of it: another thread can YARA-scan or
+    hash meanwhile.
+    """
+    digests = (hashlib.sha256(), hashlib.sha1(), hashlib.md5())
+    with memoryview(data) as view:
+        for h in digests:
+            h.update(view)
+        size = view.nbytes
+    s256, s1, m5 = (h.hexdigest() for h in digests)
+    return Hashes(sha256=s256, sha1=s1, md5=m5, size=size)

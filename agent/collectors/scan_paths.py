@@ -17,9 +17,10 @@ files and hands over the descriptors, at most ``2 * workers`` at a time.
 
 from __future__ import annotations
 
-import io
 import os
 import stat
+import threading
+import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -29,7 +30,7 @@ import yara
 
 from agent.collectors.confined import DIR_FLAGS, Refused, open_regular
 from agent.collectors.files import ELF_MAGIC, walk_at
-from agent.collectors.hashing import hash_file
+from agent.collectors.hashing import hash_buffer
 from agent.collectors.yarascan import hits_from_matches
 from agent.model import FileSnapshot
 
@@ -37,6 +38,9 @@ MAX_TEXT_BYTES = 64 << 10  # of a script or config file, read as text
 MAX_DEPTH = 64
 MAX_FILES = 10_000_000
 _YARA_TIMEOUT_S = 60
+_SNIFF = 512  # first bytes looked at for every file (magic, script, NUL)
+SPLIT_MIN = 4 << 20  # files this big offer their YARA scan to the other worker (the last file, one big file)
+_GROW = 1 << 20  # worker buffers grow by whole MiBs
 # Names that say "config or script" whatever the content looks like (scan-image reads only these and #! files).
 TEXT_SUFFIXES = (".json", ".jsonc", ".toml", ".yaml", ".yml", ".ini", ".conf", ".cfg", ".sh", ".bash", ".env",
                  ".properties", ".service", ".py", ".pl")
@@ -74,6 +78,7 @@ class PathScanStats:
     partial: int = 0  # files not hashed whole (too large) or not YARA-scanned whole
     errors: int = 0  # files that vanished or could not be read
     refused: Counter = field(default_factory=Counter)  # top-level paths refused: symlink, not_regular, missing
+    cpu_ns: Counter = field(default_factory=Counter)  # worker CPU time per stage: read, hash, yara, text
     notes: list[str] = field(default_factory=list)
 
 
@@ -83,11 +88,13 @@ class PathScanner:
     def __init__(self, rules, *, max_bytes: int = 128 << 20, workers: int = 2) -> None:
         self.rules, self.max_bytes, self.workers = rules, max_bytes, max(1, workers)
         self.stats = PathScanStats()
+        self._local = threading.local()  # each worker's read buffer, freed with the worker threads
 
     def scan(self, paths: Iterable[str], progress: Callable[[PathScanStats], None] | None = None
              ) -> Iterator[FileSnapshot]:
         inflight: deque[Future] = deque()
         with ThreadPoolExecutor(self.workers, thread_name_prefix="scan") as pool:
+            self._pool = pool
             try:
                 for fd, path in self._opened(paths):
                     inflight.append(pool.submit(self._examine, fd, path))
@@ -105,7 +112,9 @@ class PathScanner:
 
     def _settle(self, fut: Future, progress) -> FileSnapshot | None:
         """The worker's snapshot, counted here (one thread keeps the stats)."""
-        snap, read, error = fut.result()
+        snap, read, error, cpu = fut.result()
+        for stage, ns in zip(("read", "hash", "yara", "text"), cpu):
+            self.stats.cpu_ns[stage] += ns
         if error is not None:
             self._error(*error)
         elif snap is not None:
@@ -162,39 +171,108 @@ class PathScanner:
             self.stats.notes.append(f"{path}: {exc.strerror or exc}")
         return None
 
-    def _examine(self, fd: int, path: str) -> tuple[FileSnapshot | None, int, tuple[str, OSError] | None]:
-        """Read the file open at ``fd`` once (bounded) and make its snapshot: (snapshot, bytes read,
-        (path, error) when it could not be read); closes ``fd``. Runs on a worker thread."""
+    def _examine(self, fd: int, path: str) -> tuple[FileSnapshot | None, int, tuple[str, OSError] | None, tuple]:
+        """Read the file open at ``fd`` once (bounded) into this worker's buffer and make its snapshot:
+        (snapshot, bytes read, (path, error) when it could not be read, CPU ns per stage); closes ``fd``.
+        Runs on a worker thread; the GIL is released for the read, each digest and YARA."""
+        t0 = time.thread_time_ns()
         try:
             st = os.fstat(fd)
-            data = _read_up_to(fd, min(st.st_size, self.max_bytes) + 1)
+            want = min(st.st_size, self.max_bytes) + 1  # one byte more than allowed tells "larger"
+            buf = self._buffer(want)
+            got = _read_into(fd, buf, want)
         except OSError as exc:
-            return None, 0, (path, exc)
+            return None, 0, (path, exc), ()
         finally:
             os.close(fd)
-        whole = len(data) <= self.max_bytes
-        if not whole:
-            del data[self.max_bytes:]
+        t1 = time.thread_time_ns()
+        whole = got <= self.max_bytes
         partial: tuple[str, ...] = () if whole else ("hashes",)
-        hashes = hash_file(io.BytesIO(data)) if whole else None
-        hits: tuple = ()
-        if self.rules is not None and data:
-            try:
-                hits = hits_from_matches(self.rules.match(data=data, timeout=_YARA_TIMEOUT_S), "file")
-            except yara.Error:  # a timeout or a scan limit: unknown, not clean
+        size = min(got, self.max_bytes)
+        with memoryview(buf) as view, view[:size] as data:
+            scan = _Shared(lambda: self._yara(data))
+            if self.workers > 1 and size >= SPLIT_MIN:  # the other worker may take YARA while this one hashes
+                self._pool.submit(scan.run)
+            hashes = hash_buffer(data) if whole else None
+            t2 = time.thread_time_ns()
+            hits, failed = scan.join()  # run here unless the other worker has it (then wait for it)
+            if failed:  # a timeout or a scan limit: unknown, not clean
                 partial = (*partial, "yara")
-        name = os.path.basename(path)
-        return FileSnapshot(path=path, size=st.st_size, mode=st.st_mode, hashes=hashes, is_elf=data[:4] == ELF_MAGIC,
-                            is_script=data[:2] == b"#!", head=bytes(data[:16]), partial=partial, yara=hits,
-                            text=text_of(name, data)), len(data), None
+            t3 = time.thread_time_ns()
+            head = bytes(data[:_SNIFF])
+            # text_of is bounded (MAX_TEXT_BYTES); the first bytes already rule out most binaries
+            text = text_of(os.path.basename(path), data) if _may_be_text(head) else ""
+            snap = FileSnapshot(path=path, size=st.st_size, mode=st.st_mode, hashes=hashes,
+                                is_elf=head[:4] == ELF_MAGIC, is_script=head[:2] == b"#!", head=head[:16],
+                                partial=partial, yara=hits, text=text)
+        return snap, size, None, (t1 - t0, t2 - t1, t3 - t2 + scan.cpu_ns, time.thread_time_ns() - t3)
+
+    def _yara(self, data: memoryview) -> tuple[tuple, bool]:
+        """(hits, failed) of YARA over ``data``; failed is a timeout or a scan limit."""
+        if self.rules is None or not data:
+            return (), False
+        try:
+            return hits_from_matches(self.rules.match(data=data, timeout=_YARA_TIMEOUT_S), "file"), False
+        except yara.Error:
+            return (), True
+
+    def _buffer(self, n: int) -> bytearray:
+        """This worker's read buffer, at least ``n`` bytes: grown (whole MiBs, at most ``max_bytes + 1``) to
+        the largest file it has read, and reused for every file after (no allocation, no page faults)."""
+        buf = getattr(self._local, "buf", None)
+        if buf is None or len(buf) < n:
+            self._local.buf = None  # the old one goes first
+            buf = self._local.buf = bytearray(min(-(-n // _GROW) * _GROW, self.max_bytes + 1))
+        return buf
 
 
-def _read_up_to(fd: int, n: int) -> bytearray:
-    """At most ``n`` bytes from ``fd``'s current position (fewer at EOF), into one buffer."""
-    data = bytearray(n)
+class _Shared:
+    """One part of a file's work that either worker may do: the owner offers it to the pool, does the
+    rest, then ``join``s: it runs the part itself unless the other worker has claimed it (then waits).
+    The owner's buffer stays untouched until ``join`` returns."""
+
+    def __init__(self, fn: Callable) -> None:
+        self.fn, self._claim, self._done = fn, threading.Lock(), threading.Event()
+        self.result = self.error = None
+        self.cpu_ns = 0  # on the other worker, when it ran there
+
+    def run(self) -> bool:
+        """Run it if nobody has yet: True when this call did."""
+        if not self._claim.acquire(blocking=False):
+            return False
+        started = time.thread_time_ns()
+        try:
+            self.result = self.fn()
+        except BaseException as exc:  # handed to the owner by join
+            self.error = exc
+        finally:
+            self.cpu_ns = time.thread_time_ns() - started
+            self._done.set()
+        return True
+
+    def join(self):
+        if self.run():
+            self.cpu_ns = 0  # counted in the owner's own time
+        else:
+            self._done.wait()
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+def _may_be_text(head: bytes) -> bool:
+    """False when the first bytes already say ``text_of`` would return "" (a NUL, an ELF header, empty)."""
+    return bool(head) and b"\0" not in head and not head.startswith(ELF_MAGIC)
+
+
+def _read_into(fd: int, buf: bytearray, n: int) -> int:
+    """Read at most ``n`` bytes from ``fd``'s current position (fewer at EOF) into the start of ``buf``."""
     got = 0
-    with memoryview(data) as view:
-        while got < n and (k := os.readv(fd, [view[got:]])):
+    with memoryview(buf) as view:
+        while got < n:
+            with view[got:n] as rest:
+                k = os.readv(fd, [rest])
+            if not k:
+                break
             got += k
-    del data[got:]
-    return data
+    return got
