@@ -7,12 +7,16 @@ descriptor (``files.walk_at``: never into a symlink, never out of the tree); eac
 by ``confined.open_regular`` relative to its directory, so a FIFO or a device is never opened, and
 its bytes, hashes, YARA hits and text all come from that one descriptor.
 
-Every regular file is read once, up to ``max_bytes`` (``[watch] max_file_mb``), into one buffer:
-SHA-256, SHA-1 and MD5 (``hashing.hash_file``) and YARA are computed from it, and its first
-``MAX_TEXT_BYTES`` become ``FileSnapshot.text`` when it is a script or config file (``text_of``).
+Every regular file is read once, up to ``max_bytes`` (``[watch] max_file_mb``), into its worker's
+buffer (one per worker, grown to the largest file it has read, at most ``max_bytes + 1``, reused: no
+copy, no allocation per file): SHA-256, SHA-1 and MD5 (``hashing.hash_buffer``) and YARA read that same
+memory, and its first ``MAX_TEXT_BYTES`` become ``FileSnapshot.text`` when it is a script or config
+file (``text_of``, tried only when the first bytes hold no NUL and no ELF header).
 A larger file gets no hashes, YARA on its first ``max_bytes``, and ``partial=("hashes",)``.
-Two worker threads do the work (hashlib and YARA release the GIL); the walking thread opens the
-files and hands over the descriptors, at most ``2 * workers`` at a time.
+Two worker threads share the files, and the GIL is released for the read, each digest and YARA, so both
+cores work; a file of ``SPLIT_MIN`` or more offers its YARA scan to the other worker while it hashes
+(the last files, or one big file, then take half the time). The walking thread opens the files and
+hands over the descriptors, at most ``2 * workers`` at a time. ``bench/scan.py`` has the figures.
 """
 
 from __future__ import annotations
