@@ -131,6 +131,10 @@ class ProcessSnapshot:
     partial: tuple[str, ...] = ()  # names of fields that could not be read
     yara: tuple[YaraHit, ...] = ()  # filled in by the YARA scanner after collection
     behaviour: BehaviourVerdict | None = None  # filled in by the daemon from its behaviour model
+    ld_preload: str = ""  # LD_PRELOAD of its environment (capped; apart from ``environ``: miner variables only)
+    # From the cross-view (collectors/crossview.py): the /proc listings it is missing from ("readdir", "getdents").
+    hidden_from: tuple[str, ...] = ()
+    proc_mounted: bool = False  # something is mounted on /proc/PID (the cross-view)
 
     @property
     def command_line(self) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -9,16 +10,18 @@ from dataclasses import dataclass, field
 import structlog
 
 from agent.collectors import files
+from agent.collectors.crossview import CrossView, CrossViewResult
 from agent.collectors.docker_api import DockerDown, DockerHandle, DockerRefused
 from agent.collectors.snapshots import SnapshotCollector
 from agent.config import Config
 from agent.judge import Judge
-from agent.model import ContainerInfo, Finding
+from agent.model import ContainerInfo, Finding, ProcessSnapshot
 from agent.signatures import Signatures
 
 log = structlog.get_logger("minerwatch.sweep")
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
+SWEEP_PROBE = 1 << 18  # /proc/N probed by a sweep: all of a default pid_max (32768), ~1 s of a 4194304 one
 
 
 @dataclass
@@ -74,6 +77,8 @@ class Sweeper:
         result.processes = len(snaps)
         result.vanished = stats.vanished
         result.partial_processes = stats.partial
+        cross = self._cross_view(containers, result)
+        snaps = _with_hiding(snaps, cross, collect.procfs.snapshot)
 
         image_evidence = {cid: judge.container_evidence(info) for cid, info in containers.items()}
         with_process_finding: set[str] = set()
@@ -92,6 +97,10 @@ class Sweeper:
                 if f := judge.container(containers[cid]):
                     result.findings.append(f)
 
+        for snap in cross.preloads:  # /etc/ld.so.preload on the host and in each container
+            if f := judge.file(snap, containers.get(snap.container_id)):
+                result.findings.append(f)
+
         for snap in files.scan_paths(self.config.watch.paths, collect.hash_cache, collect.max_bytes):
             result.files += 1
             if f := judge.file(collect.scan_host_file(snap)):
@@ -104,6 +113,16 @@ class Sweeper:
         result.duration_s = time.monotonic() - started
         return result
 
+    def _cross_view(self, containers: dict[str, ContainerInfo], result: SweepResult) -> CrossViewResult:
+        """Hidden processes and preload files (``collectors/crossview.py``): one run, one probe slice."""
+        view = CrossView(proc_root=self.config.agent.proc_root, probe_slice=SWEEP_PROBE)
+        try:
+            return view.run([(cid, info.pid) for cid, info in containers.items()])
+        except Exception as exc:  # crash barrier: the sweep goes on without it
+            log.exception("crossview_failed", error=repr(exc))
+            result.notes.append(f"the hidden-process cross-view failed: {exc!r}"[:200])
+            return CrossViewResult()
+
     def _respond(self, findings: list[Finding]) -> list[Finding]:
         from agent.response import Responder  # only for `sweep --respond`
         from agent.state_dir import prepare_state_dir
@@ -111,6 +130,22 @@ class Sweeper:
         prepare_state_dir(self.config.agent.state_dir, self.config.source)
         responder = Responder(self.config, self.docker, state_dir=self.config.agent.state_dir, actor="minerwatch sweep")
         return [responder.respond(f) for f in findings]
+
+
+def _with_hiding(snaps: list[ProcessSnapshot], cross: CrossViewResult,
+                 snapshot: Callable[[int], ProcessSnapshot | None]) -> list[ProcessSnapshot]:
+    """The snapshots with what the cross-view found attached: hidden ones the listing missed read now, and
+    a process covered by a mount (no snapshot to read) judged on that alone."""
+    seen = {s.pid for s in snaps}
+    snaps = snaps + [s for pid in sorted(cross.hidden.keys() - seen) if (s := snapshot(pid)) is not None]
+    out = []
+    for snap in snaps:
+        hidden_from, mounted = cross.hidden.get(snap.pid, ()), snap.pid in cross.mounted
+        out.append(dataclasses.replace(snap, hidden_from=hidden_from, proc_mounted=mounted)
+                   if hidden_from or mounted else snap)
+    seen = {s.pid for s in snaps}
+    out.extend(ProcessSnapshot(pid=pid, proc_mounted=True, partial=("stat",)) for pid in sorted(cross.mounted - seen))
+    return out
 
 
 def _merge(findings: list[Finding]) -> list[Finding]:

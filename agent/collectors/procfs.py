@@ -27,7 +27,7 @@ from pathlib import Path
 
 import structlog
 
-from agent.collectors import cgroups, minerconfig, netns
+from agent.collectors import cgroups, minerconfig, netns, proclist
 from agent.collectors.confined import Refused, open_regular
 from agent.collectors.hashing import SETTLE_NS, HashCache, hash_fd, hash_process_exe
 from agent.collectors.memread import is_loader, loader_program
@@ -35,6 +35,7 @@ from agent.collectors.procparse import (
     cap_cmdline,
     decode,
     environ_home,
+    environ_ld_preload,
     filter_environ,
     parse_ns_link,
     parse_status,
@@ -136,8 +137,9 @@ class ProcfsCollector:
         self.vanished = 0  # processes that vanished, over the collector's life
 
     def pids(self) -> list[int]:
-        """PIDs (thread-group leaders) currently listed in ``proc_root``, ascending."""
-        return sorted(int(n) for n in os.listdir(self._root) if n.isdigit())
+        """PIDs (thread-group leaders) currently listed in ``proc_root``, ascending: a raw ``getdents64``
+        (``proclist``), so a preload library filtering libc's ``readdir`` hides none from us."""
+        return proclist.pids(self._root)
 
     def container_pids(self, container_id: str) -> list[int]:
         """PIDs whose cgroup names ``container_id``: one small read per process, no snapshots."""
@@ -228,6 +230,7 @@ class ProcfsCollector:
         environ_raw = f.get("environ", lambda: read_bounded("environ", dir_fd=dfd), b"")
         environ = filter_environ(environ_raw, self.env_names)
         home = environ_home(environ_raw)  # where XMRig looks for $HOME/.xmrig.json: never in the alert
+        ld_preload = environ_ld_preload(environ_raw)  # for detectors.hiding only
         net_ns = f.get("net_ns", lambda: parse_ns_link(readlink("ns/net", dir_fd=dfd)), 0)
         sockets = f.get("connections", lambda: netns.socket_inodes(self._root, pid, dir_fd=dfd), frozenset())
         conns = ()
@@ -261,7 +264,7 @@ class ProcfsCollector:
         return ProcessSnapshot(
             **base, exe=exe, exe_deleted=deleted, cmdline=tuple(args), cwd=cwd, environ=environ, hashes=hashes,
             net_ns=net_ns, connections=conns, miner_config=config, program=program, program_hashes=program_hashes,
-            program_mapping=mapping, partial=tuple(dict.fromkeys(f.partial)),
+            program_mapping=mapping, ld_preload=ld_preload, partial=tuple(dict.fromkeys(f.partial)),
         )
 
     def _mapped_hashes(self, dfd: int, mapping: str):

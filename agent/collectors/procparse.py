@@ -142,6 +142,19 @@ def environ_home(raw: bytes) -> str:
     return posixpath.normpath(decode(home))
 
 
+LD_PRELOAD_MAX = 1024
+
+
+def environ_ld_preload(raw: bytes) -> str:
+    """Every ``LD_PRELOAD`` of a raw ``/proc/PID/environ`` (ld.so reads the last, getenv the first: all
+    of them, space-joined), capped at ``LD_PRELOAD_MAX`` bytes, or "". Kept apart from the alert's
+    environment (``filter_environ``) as HOME is: detectors.hiding judges where its libraries are."""
+    if b"LD_PRELOAD=" not in raw:
+        return ""
+    values = [entry[len(b"LD_PRELOAD="):] for entry in raw.split(b"\x00") if entry.startswith(b"LD_PRELOAD=")]
+    return decode(b" ".join(v for v in values if v)[:LD_PRELOAD_MAX])
+
+
 def parse_ns_link(target: str) -> int:
     """The inode in a namespace link ``net:[4026531992]``; ValueError otherwise."""
     lb, rb = target.find("["), target.rfind("]")

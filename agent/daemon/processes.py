@@ -38,6 +38,9 @@ class Processes:
         # TCP tables per network namespace, read at most once per periodic pass: a process seen at
         # exec has no connection yet, and its recheck in the next pass reads fresh tables.
         self.net_tables = netns.NetTables()
+        # What the cross-view found hiding a process (``hidden_from``, ``proc_mounted``), by PID with its
+        # start time: attached each time it is judged, while it lives.
+        self.hidden: dict[int, tuple[int, dict]] = {}
 
     def new_pass(self, alive: Collection[int]) -> None:
         """A periodic pass begins: fresh TCP tables; forget children of ours that exited."""
@@ -45,6 +48,7 @@ class Processes:
         alive = set(alive)
         self.own_children &= alive
         self.entered &= alive
+        self.hidden = {pid: v for pid, v in self.hidden.items() if pid in alive}
 
     def on_memory(self, scanned: MemoryScanned) -> None:
         """A memory scan came back: judge the process (still the same one) with the hits found."""
@@ -93,13 +97,18 @@ class Processes:
                 and seen.exe_key is not None and not self.is_own(full):
             p.known.add(seen.exe_key)  # judged whole and clean: the next exec of this very file stops at a glance
 
-    def inspect_pid(self, pid: int, *, in_container: str = "") -> bool:
-        """Read ``pid`` whole and judge it; False when it is gone (or, with ``in_container``, not in it)."""
+    def inspect_pid(self, pid: int, *, in_container: str = "", hidden: dict | None = None) -> bool:
+        """Read ``pid`` whole and judge it; False when it is gone (or, with ``in_container``, not in it).
+        ``hidden``: what the cross-view found hiding it (snapshot fields), attached now and later."""
         if pid == self.own_pid:
             return False
         snap = self.p.snapshots.snapshot(pid, self.net_tables)
+        if snap is None and hidden and hidden.get("proc_mounted"):
+            snap = ProcessSnapshot(pid=pid, partial=("stat",))  # /proc/PID is covered: judged on that alone
         if snap is None or (in_container and snap.container_id != in_container):
             return False
+        if hidden:
+            self.hidden[pid] = (snap.start_ticks, hidden)
         self.judge(snap)
         return True
 
@@ -107,6 +116,8 @@ class Processes:
         """Judge one (collected, exe-scanned) process; ``memory_scanned``: its memory hits are attached."""
         if self.is_own(snap):
             return None
+        if (facts := self.hidden.get(snap.pid)) is not None and facts[0] == snap.start_ticks:
+            snap = dataclasses.replace(snap, **facts[1])
         entry = self.p.tracker.seen(snap)
         self.p.containers.note_cgroup(snap.container_id, snap.cgroup_path)
         if entry.checks == 1 and is_msr_modprobe(snap.cmdline):

@@ -11,6 +11,7 @@ import time
 
 from agent import config as config_mod, trust
 from agent.collectors.cpu_sampler import CpuSampler
+from agent.collectors.crossview import CrossView
 from agent.collectors.docker_api import DockerHandle
 from agent.collectors.docker_events import DockerWatcher
 from agent.collectors.file_inspector import FileInspector
@@ -85,6 +86,7 @@ def build(config: Config, signatures: Signatures, *, config_path: str | None = N
         sampler=CpuSampler(proc_root=cfg.agent.proc_root, clock=clock),
         judge=judge,
         emitter=Emitter(cfg, responder, alerts, stats),
+        crossview=CrossView(proc_root=str(cfg.agent.proc_root), clock=clock),
     )
     worker = Worker(cfg, signatures, parts, queue, clock=clock, own_pid=own_pid, own_container=own_container,
                     own_ancestors=identity.ancestors(cfg.agent.proc_root, own_pid), load=loader(config_path), stats=stats)

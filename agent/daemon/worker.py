@@ -28,6 +28,7 @@ from agent.signatures import Signatures
 
 if TYPE_CHECKING:  # the parts' types only: the worker is handed instances, it builds none
     from agent.collectors.cpu_sampler import CpuSampler
+    from agent.collectors.crossview import CrossView
     from agent.collectors.fswatch import FileWatcher
     from agent.collectors.snapshots import SnapshotCollector
     from agent.daemon.behaviour import BehaviourModel
@@ -42,6 +43,7 @@ log = structlog.get_logger("minerwatch.worker")
 
 MEMORY_SCANS_PER_PASS = 2
 SERVE_EVERY = 16  # processes of the first scan between two looks at the waiting events
+CROSSVIEW_EVERY = 3  # periodic passes between two cross-views of the process table (and one at start)
 EVENT_BUDGET_S = 1.0  # one event (a process, a container, a file's verdict) should take less; the pass: one interval
 
 
@@ -60,6 +62,8 @@ class WorkerStats:
     alert_spool_errors: int = 0
     over_budget: Counter = field(default_factory=Counter)  # units of work that took longer than their budget
     execs: Counter = field(default_factory=Counter)  # quiet_at_a_glance, read_whole, glance_failed
+    crossview: Counter = field(default_factory=Counter)  # runs, hidden, mounted, preload_files
+    crossview_seconds: float = 0.0  # the last cross-view's cost
 
 
 @dataclass
@@ -76,6 +80,7 @@ class Parts:
     sampler: CpuSampler  # the periodic CPU readings that feed it
     judge: Judge  # pure: snapshot + context -> finding
     emitter: Emitter  # response by policy, then the alert
+    crossview: CrossView | None = None  # hidden processes and preload libraries (None: not looked for)
 
 
 class Worker:
@@ -209,6 +214,7 @@ class Worker:
     def initial_scan(self, stop: threading.Event) -> None:
         """At start: every running container and every process, like a sweep (until ``stop``)."""
         self.resync()
+        self.cross_view()  # first: a hidden process is judged with what hides it
         for n, pid in enumerate(self.p.snapshots.pids()):
             if stop.is_set():
                 return
@@ -224,6 +230,8 @@ class Worker:
         self.processes.new_pass(alive := set(pids))
         for pid in p.tracker.forget_gone(alive):
             p.behaviour.forget(pid)
+        if self.stats.scans % CROSSVIEW_EVERY == CROSSVIEW_EVERY - 1:
+            self.cross_view()
         # Behaviour: one cheap stat read per process; details only for busy ones (see CpuSampler).
         for sample in p.sampler.sample([pid for pid in pids if pid != self.processes.own_pid]):
             p.behaviour.observe(sample)
@@ -245,6 +253,34 @@ class Worker:
         self.stats.scans += 1
         self.stats.scan_seconds += elapsed
         self.stats.last_scan_seconds = elapsed
+
+    def cross_view(self) -> None:
+        """The process table through every view (``collectors/crossview.py``): each hidden process is judged
+        with what hides it; each ``/etc/ld.so.preload`` (the host's, a known container's) as a file."""
+        p = self.p
+        if p.crossview is None:
+            return
+        roots = [(cid, info.pid) for cid in p.containers.cgroups() if (info := p.containers.get(cid)) is not None]
+        try:
+            result = p.crossview.run(roots)
+        except Exception as exc:  # crash barrier: a bad cross-view must not cost the first scan or the pass
+            self.stats.worker_errors += 1
+            log.exception("crossview_failed", error=repr(exc))
+            return
+        self.stats.crossview["runs"] += 1
+        self.stats.crossview_seconds = result.elapsed
+        for pid, views in result.hidden.items():
+            self.stats.crossview["hidden"] += 1
+            log.warning("hidden_process", pid=pid, hidden_from=list(views))
+            self.processes.inspect_pid(pid, hidden={"hidden_from": views, "proc_mounted": pid in result.mounted})
+        for pid in result.mounted - result.hidden.keys():
+            self.stats.crossview["mounted"] += 1
+            self.processes.inspect_pid(pid, hidden={"proc_mounted": True})
+        for snap in result.preloads:
+            self.stats.crossview["preload_files"] += 1
+            container = p.containers.get(snap.container_id) if snap.container_id else None
+            if finding := p.judge.file(snap, container):
+                p.emitter.emit(finding)
 
     # ------------------------------------------------------------------ reload
 

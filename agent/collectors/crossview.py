@@ -1,0 +1,257 @@
+"""Hidden processes, without kernel support: the same processes seen through several views.
+
+A library in ``/etc/ld.so.preload`` that filters ``readdir()`` (libprocesshider) hides a process
+from ``os.listdir("/proc")`` in every dynamically linked program, ours too; host root can also
+bind-mount an empty directory over ``/proc/PID``. ``CrossView.run`` compares:
+
+* ``readdir``: libc's listing of ``/proc`` (``os.listdir``), what a preload library filters;
+* ``getdents``: the raw ``getdents64`` listing (``proclist``), which no preload library sees;
+* ``cgroup``: the PIDs in every cgroup's ``cgroup.procs`` (plain reads; directories listed with
+  raw ``getdents`` too) of the unified hierarchy, or of the v1 ``pids``/``cpu`` one;
+* a probe: does ``/proc/N`` exist (``faccessat``) for a slice of N up to ``pid_max`` per run (bounded work; the
+  next run goes on where this one stopped), for what no listing shows.
+
+A PID missing from the ``readdir`` or ``getdents`` listing while another view has it, still
+missing when that listing is taken again after every other view (a process born or gone in
+between is not hidden) and still alive as a thread-group leader, is hidden from that listing.
+Missing from ``cgroup`` alone is not: zombies leave their cgroup, and processes migrate during
+the walk. Besides: mounts on ``/proc/PID`` (our ``mountinfo`` and PID 1's) and
+``/etc/ld.so.preload`` in the host's root and in each container's (opened beneath that root,
+never through a symlink out, bounded), as ``FileSnapshot``s with their ``text``.
+
+I/O only; what any of it means is ``detectors/hiding.py``'s. Owned by one thread.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import re
+import stat
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from agent.collectors import proclist
+from agent.collectors.confined import Refused, open_beneath
+from agent.collectors.procparse import decode
+from agent.collectors.procread import read_bounded, read_once
+from agent.model import FileSnapshot, Hashes
+
+PROBE_SLICE = 4096  # /proc/N probed per run
+MAX_CGROUPS = 20_000  # cgroup directories walked per run
+MAX_CGROUP_DEPTH = 32
+MAX_PROCS_BYTES = 4 << 20  # one cgroup.procs read at most
+MAX_PRELOAD_BYTES = 16 << 10
+PRELOAD_PATH = "/etc/ld.so.preload"
+_HIERARCHIES = ("", "unified", "pids", "cpu", "cpu,cpuacct", "systemd")  # the first with a cgroup.procs at its top
+READDIR, GETDENTS, CGROUP = "readdir", "getdents", "cgroup"
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW
+
+
+@dataclass(frozen=True, slots=True)
+class CrossViewResult:
+    """What one run saw. ``hidden``: PID -> the listings it is missing from (``readdir``, ``getdents``)."""
+
+    hidden: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    mounted: frozenset[int] = frozenset()  # PIDs with a mount on /proc/PID (or below it)
+    preloads: tuple[FileSnapshot, ...] = ()  # /etc/ld.so.preload files found (host: container_id "")
+    views: dict[str, int] = field(default_factory=dict)  # PIDs per view (the cgroup one absent when unreadable)
+    probed: tuple[int, int] = (0, 0)  # the N probed: [lo, hi)
+    elapsed: float = 0.0
+
+
+def _digits(names: Iterable[str]) -> set[int]:
+    return {int(n) for n in names if n.isascii() and n.isdigit()}
+
+
+class CrossView:
+    def __init__(self, proc_root: str = "/proc", cgroup_root: str = "/sys/fs/cgroup", *, probe_slice: int = PROBE_SLICE,
+                 max_cgroups: int = MAX_CGROUPS, clock: Callable[[], float] = time.monotonic) -> None:
+        self.proc_root = os.fspath(proc_root)
+        self.cgroup_root = os.fspath(cgroup_root)
+        self.probe_slice = probe_slice
+        self.max_cgroups = max_cgroups
+        self.clock = clock
+        self.cursor = 1  # the next N the probe looks at
+        self.cgroups_truncated = 0  # runs whose cgroup walk hit max_cgroups
+
+    # ------------------------------------------------------------------ the views
+
+    def readdir_view(self) -> set[int]:
+        return _digits(os.listdir(self.proc_root))
+
+    def getdents_view(self) -> set[int]:
+        return set(proclist.pids(self.proc_root))
+
+    def cgroup_view(self) -> set[int] | None:
+        """Every PID in a ``cgroup.procs`` of one hierarchy; None when no hierarchy can be read."""
+        for name in _HIERARCHIES:
+            top = os.path.join(self.cgroup_root, name) if name else self.cgroup_root
+            try:
+                fd = os.open(top, _DIR_FLAGS)
+            except OSError:
+                continue
+            try:
+                try:
+                    os.stat("cgroup.procs", dir_fd=fd)
+                except OSError:
+                    continue
+                found: set[int] = set()
+                self._walk(fd, found, [0], 0)
+                return found
+            finally:
+                os.close(fd)
+        return None
+
+    def _walk(self, fd: int, found: set[int], walked: list[int], depth: int) -> None:
+        walked[0] += 1
+        if walked[0] > self.max_cgroups:
+            if walked[0] == self.max_cgroups + 1:
+                self.cgroups_truncated += 1
+            return
+        try:
+            raw = read_bounded("cgroup.procs", dir_fd=fd, limit=MAX_PROCS_BYTES)
+            found.update(int(x) for x in raw.split() if x.isdigit())
+            subdirs = [name for _ino, t, name in proclist.getdents(fd) if t in (proclist.DT_DIR, proclist.DT_UNKNOWN)]
+        except OSError:  # removed while walked: its processes are in another one now
+            return
+        if depth >= MAX_CGROUP_DEPTH:
+            return
+        for name in subdirs:
+            try:
+                sub = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            except OSError:  # gone, or not a directory (DT_UNKNOWN)
+                continue
+            try:
+                self._walk(sub, found, walked, depth + 1)
+            finally:
+                os.close(sub)
+
+    def pid_max(self) -> int:
+        try:
+            return max(2, int(read_once(f"{self.proc_root}/sys/kernel/pid_max")))
+        except (OSError, ValueError):
+            return 1 << 22  # the kernel's upper limit on 64-bit
+
+    def probe(self, known: set[int]) -> tuple[set[int], tuple[int, int]]:
+        """Whether ``/proc/N`` exists, for the next ``probe_slice`` N (wrapping at ``pid_max``): the
+        thread-group leaders found that ``known`` lacks, and the range probed."""
+        top = self.pid_max()
+        lo = self.cursor if 1 <= self.cursor < top else 1
+        hi = min(top, lo + self.probe_slice)
+        self.cursor = hi if hi < top else 1
+        found: set[int] = set()
+        dfd = os.open(self.proc_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            exists = os.access  # faccessat: no exception object per absent N (a third cheaper than stat)
+            for n in range(lo, hi):
+                if n in known or not exists(str(n), os.F_OK, dir_fd=dfd):
+                    continue
+                if self._is_leader(n):  # a thread's /proc/TID answers too, unlisted: not a process
+                    found.add(n)
+        finally:
+            os.close(dfd)
+        return found, (lo, hi)
+
+    def _is_leader(self, pid: int) -> bool:
+        """``pid`` is alive and a thread-group leader (``Tgid`` in its status is itself)."""
+        try:
+            text = read_once(f"{self.proc_root}/{pid}/status", size=16384)
+        except OSError:
+            return False
+        m = re.search(rb"^Tgid:\s*(\d+)", text, re.MULTILINE)
+        return m is not None and int(m.group(1)) == pid
+
+    # ------------------------------------------------------------------ mounts and preload files
+
+    def mounted(self) -> set[int]:
+        """PIDs with something mounted on ``/proc/PID`` (or below it), in our mount namespace or PID 1's."""
+        found: set[int] = set()
+        root = self.proc_root.rstrip("/")
+        for source, prefix in ((f"{root}/self/mountinfo", root + "/"), (f"{root}/1/mountinfo", "/proc/")):
+            try:
+                text = decode(read_bounded(source, limit=16 << 20))
+            except OSError:
+                continue
+            for line in text.splitlines():
+                fields = line.split(" ", 5)
+                if len(fields) < 5 or not fields[4].startswith(prefix):
+                    continue
+                head = fields[4][len(prefix):].split("/", 1)[0]
+                if head.isascii() and head.isdigit():
+                    found.add(int(head))
+        return found
+
+    def preload_file(self, pid: int | str, container_id: str = "") -> FileSnapshot | None:
+        """``/etc/ld.so.preload`` in the root of ``pid`` (1: the host's; "self": ours), opened beneath that root."""
+        root = f"{self.proc_root}/{pid}/root"
+        try:
+            fd = open_beneath(root, PRELOAD_PATH)
+        except Refused as e:  # a symlink, or not a regular file: ld.so would follow it, we do not
+            return FileSnapshot(path=PRELOAD_PATH, size=0, mode=stat.S_IFLNK if e.reason == "symlink" else 0,
+                                container_id=container_id, partial=(e.reason,))
+        except PermissionError:
+            raise
+        except OSError as e:
+            if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ESRCH):
+                return None
+            return FileSnapshot(path=PRELOAD_PATH, size=0, mode=0, container_id=container_id, partial=("open",))
+        try:
+            st = os.fstat(fd)
+            raw = os.read(fd, MAX_PRELOAD_BYTES + 1)
+        finally:
+            os.close(fd)
+        partial = ("text",) if len(raw) > MAX_PRELOAD_BYTES else ()
+        raw = raw[:MAX_PRELOAD_BYTES]
+        hashes = None if partial else Hashes(hashlib.sha256(raw).hexdigest(), hashlib.sha1(raw).hexdigest(),
+                                             hashlib.md5(raw).hexdigest(), len(raw))
+        return FileSnapshot(path=PRELOAD_PATH, size=st.st_size, mode=st.st_mode, hashes=hashes, container_id=container_id,
+                            head=raw[:64], text=decode(raw), partial=partial)
+
+    def preload_files(self, roots: Iterable[tuple[str, int]] = ()) -> list[FileSnapshot]:
+        """The host's preload file and each ``(container_id, init pid)``'s."""
+        out = []
+        try:
+            host = self.preload_file(1)
+        except PermissionError:  # PID 1 out of our reach (a VM's init, a stricter LSM): our own root
+            host = self.preload_file("self")
+        if host is not None:
+            out.append(host)
+        for cid, pid in roots:
+            if pid <= 1:
+                continue
+            try:
+                snap = self.preload_file(pid, cid)
+            except OSError:
+                continue
+            if snap is not None:
+                out.append(snap)
+        return out
+
+    # ------------------------------------------------------------------ all of it
+
+    def run(self, roots: Iterable[tuple[str, int]] = ()) -> CrossViewResult:
+        """Every view once (the probe: one slice), then the listings again for what one of them lacked."""
+        started = self.clock()
+        raw1 = self.getdents_view()
+        cg = self.cgroup_view()
+        libc1 = self.readdir_view()
+        known = raw1 | libc1 | (cg or set())
+        probed, span = self.probe(known)
+        everyone = known | probed
+        suspects = (everyone - raw1) | (everyone - libc1)
+        hidden: dict[int, tuple[str, ...]] = {}
+        if suspects:  # taken again after every other view: a PID born since is in it now
+            raw2, libc2 = self.getdents_view(), self.readdir_view()
+            for pid in sorted(suspects):
+                views = tuple(v for v, first, again in ((READDIR, libc1, libc2), (GETDENTS, raw1, raw2))
+                              if pid not in first and pid not in again)
+                if views and self._is_leader(pid):
+                    hidden[pid] = views
+        sizes = {READDIR: len(libc1), GETDENTS: len(raw1)}
+        if cg is not None:
+            sizes[CGROUP] = len(cg)
+        return CrossViewResult(hidden=hidden, mounted=frozenset(self.mounted()), preloads=tuple(self.preload_files(roots)),
+                               views=sizes, probed=span, elapsed=self.clock() - started)
