@@ -24,7 +24,8 @@ from agent.daemon.containers import ContainerRegistry
 from agent.daemon.emitter import Emitter
 from agent.daemon.known_execs import KnownExecutables
 from agent.daemon.tracker import ProcessTracker
-from agent.daemon.worker import Parts, Worker, WorkerStats
+from agent.daemon.parts import Parts, WorkerStats
+from agent.daemon.worker import Worker
 from agent.events import ContainerEvent, EventQueue, ExecEvent, FileEvent, FileScanned, MemoryScan, MemoryScanned, Reload
 from agent.judge import Judge
 from agent.model import ContainerInfo, Finding, ProcessSnapshot, Severity
@@ -500,3 +501,19 @@ def test_a_reload_forgets_the_known_executables(tmp_path, spawn):
     assert len(rig.parts.known) == 1
     rig.worker.handle(Reload())
     assert len(rig.parts.known) == 0
+
+
+def test_the_tracker_rereads_the_young_the_suspicious_and_the_low_now_and_then():
+    """Young processes are re-read in their first passes, but not one that was already old when first seen;
+    medium or worse every pass; low-only every few passes."""
+    t = ProcessTracker(young_rechecks=3, low_every=6)
+    young, old, low, bad = (ProcessSnapshot(pid=n, start_ticks=ticks) for n, ticks in
+                            ((10, 5_000), (11, 100), (12, 100), (13, 100)))
+    for snap in (young, old, low, bad):
+        t.seen(snap)
+    t.record(12, Finding("l", Severity.LOW, 10, "r", ()))
+    t.record(13, Finding("m", Severity.MEDIUM, 40, "r", ()))
+    born_before = 1_000  # anything started before tick 1000 is old now
+    assert t.due(10, born_before=born_before) and not t.due(11, born_before=born_before)
+    assert all(t.due(13, born_before=born_before, pass_no=n) for n in range(12))
+    assert sum(t.due(12, born_before=born_before, pass_no=n) for n in range(12)) == 2

@@ -8,6 +8,7 @@ collector and the YARA scanner. One owner: the sweep, or the daemon's worker thr
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 from agent.collectors import cgroups, netns, procparse, procread
@@ -18,6 +19,9 @@ from agent.collectors.yarascan import YARA_FILE_BYTES, YaraScanner
 from agent.config import Config
 from agent.model import FileSnapshot, ProcessSnapshot
 from agent.signatures import Signatures
+
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 class SnapshotCollector:
@@ -61,6 +65,14 @@ class SnapshotCollector:
         except OSError:
             return None
         return cgroups.parse_cgroup(procparse.decode(text))[0]
+
+    def ticks_ago(self, seconds: float) -> int:
+        """The boot-relative clock tick of ``seconds`` ago (as ``/proc/PID/stat`` start times count); -1 unknown."""
+        try:
+            uptime = float(procread.read_once(f"{self.proc_root}/uptime").split()[0])
+        except (OSError, ValueError, IndexError):
+            return -1
+        return int((uptime - seconds) * _CLK_TCK)
 
     def glance(self, pid: int) -> Glance | None:
         """The few reads an exec is judged on first (``collectors.glance``); None: read it fully."""

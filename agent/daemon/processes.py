@@ -19,7 +19,7 @@ from agent.events import MemoryScanned
 from agent.model import MSR_MODPROBE_CHILD, Finding, ProcessSnapshot, Severity
 
 if TYPE_CHECKING:
-    from agent.daemon.worker import Parts, WorkerStats
+    from agent.daemon.parts import Parts, WorkerStats
 
 
 class Processes:

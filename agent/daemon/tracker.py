@@ -1,7 +1,9 @@
 """Which processes the worker knows, and which of them to look at again in the periodic pass.
 
-A process is re-inspected in its first ``young_rechecks`` passes (its pool connection comes
-after exec), and in every pass once it has had evidence. The table is bounded: when it is
+A process is re-inspected in its first ``young_rechecks`` passes while it is young (its pool
+connection comes after exec; a process already old when first seen, at start-up, is not young),
+in every pass once it has had evidence of at least medium severity, and every
+``low_every`` passes when all it showed is low (a binary in /tmp: CI runners have thousands). The table is bounded: when it is
 full, the least suspicious entry is evicted (never the newest: a flood of idle processes
 must not push out the miner), and every eviction is counted and logged. A process that is
 not tracked is still judged when it comes; it is just not remembered.
@@ -20,6 +22,7 @@ from agent.model import Finding, ProcessSnapshot, Severity
 log = structlog.get_logger("minerwatch.tracker")
 
 YOUNG_RECHECKS = 3
+LOW_EVERY = 6  # passes between two whole reads of a process whose worst was low
 MAX_TRACKED = 50_000
 _LOG_EVERY = 1000  # evictions between two log lines (the first is always logged)
 
@@ -37,9 +40,11 @@ class Tracked:
 
 
 class ProcessTracker:
-    def __init__(self, max_tracked: int = MAX_TRACKED, young_rechecks: int = YOUNG_RECHECKS) -> None:
+    def __init__(self, max_tracked: int = MAX_TRACKED, young_rechecks: int = YOUNG_RECHECKS,
+                 low_every: int = LOW_EVERY) -> None:
         self.max_tracked = max_tracked
         self.young_rechecks = young_rechecks
+        self.low_every = low_every
         # Two tables, oldest first: evidence-free processes are evicted before any with evidence.
         self._plain: OrderedDict[int, Tracked] = OrderedDict()
         self._flagged: OrderedDict[int, Tracked] = OrderedDict()
@@ -75,10 +80,18 @@ class ProcessTracker:
             self._flagged[pid] = entry
         entry.severity = max(entry.severity, finding.severity)
 
-    def due(self, pid: int) -> bool:
-        """Whether the periodic pass should inspect a tracked ``pid`` again: young, or with evidence."""
+    def due(self, pid: int, *, born_before: int = -1, pass_no: int = 0) -> bool:
+        """Whether the periodic pass should read a tracked ``pid`` whole again: young (started after
+        ``born_before``, in clock ticks since boot, and checked fewer than ``young_rechecks`` times),
+        medium or worse, or low and this is one of its every-``low_every`` passes."""
         entry = self.get(pid)
-        return entry is not None and (entry.checks <= self.young_rechecks or entry.interesting)
+        if entry is None:
+            return False
+        if entry.checks <= self.young_rechecks and entry.start_ticks >= born_before:
+            return True
+        if entry.severity >= Severity.MEDIUM:
+            return True
+        return entry.interesting and (pass_no + pid) % self.low_every == 0
 
     def forget_gone(self, alive: Collection[int]) -> list[int]:
         """Drop processes not in ``alive``; returns their PIDs."""

@@ -28,7 +28,8 @@ from agent.daemon.lifecycle import Lifecycle
 from agent.daemon.sd_notify import Notifier
 from agent.daemon.service import Collectors, Daemon
 from agent.daemon.tracker import ProcessTracker
-from agent.daemon.worker import Parts, Worker, WorkerStats
+from agent.daemon.parts import Parts, WorkerStats
+from agent.daemon.worker import Worker
 from agent.events import EventQueue
 from agent.judge import Judge
 from agent.response import Responder, identity

@@ -12,32 +12,17 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections import Counter
 from collections.abc import Callable, Collection
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import structlog
 
 from agent.config import Config
 from agent.daemon.bulk import UseRules
+from agent.daemon.parts import Parts, WorkerStats
 from agent.daemon.processes import Processes
 from agent.errors import MinerwatchError
 from agent.events import ContainerEvent, EventQueue, ExecEvent, FileScanned, MemoryScan, MemoryScanned, Reload
 from agent.signatures import Signatures
-
-if TYPE_CHECKING:  # the parts' types only: the worker is handed instances, it builds none
-    from agent.collectors.cpu_sampler import CpuSampler
-    from agent.collectors.crossview import CrossView
-    from agent.collectors.fswatch import FileWatcher
-    from agent.collectors.snapshots import SnapshotCollector
-    from agent.daemon.behaviour import BehaviourModel
-    from agent.daemon.bulk import BulkLane
-    from agent.daemon.containers import ContainerRegistry
-    from agent.daemon.emitter import Emitter
-    from agent.daemon.known_execs import KnownExecutables
-    from agent.daemon.tracker import ProcessTracker
-    from agent.judge import Judge
 
 log = structlog.get_logger("minerwatch.worker")
 
@@ -45,42 +30,6 @@ MEMORY_SCANS_PER_PASS = 2
 SERVE_EVERY = 16  # processes of the first scan between two looks at the waiting events
 CROSSVIEW_EVERY = 3  # periodic passes between two cross-views of the process table (and one at start)
 EVENT_BUDGET_S = 1.0  # one event (a process, a container, a file's verdict) should take less; the pass: one interval
-
-
-@dataclass
-class WorkerStats:
-    """Counters owned by the worker thread; the metrics collector only reads them."""
-
-    events: Counter = field(default_factory=Counter)
-    findings: Counter = field(default_factory=Counter)
-    scans: int = 0
-    scan_seconds: float = 0.0
-    last_scan_seconds: float = 0.0
-    reloads: int = 0
-    reload_failures: int = 0
-    worker_errors: int = 0
-    alert_spool_errors: int = 0
-    over_budget: Counter = field(default_factory=Counter)  # units of work that took longer than their budget
-    execs: Counter = field(default_factory=Counter)  # quiet_at_a_glance, read_whole, glance_failed
-    crossview: Counter = field(default_factory=Counter)  # runs, hidden, mounted, preload_files
-    crossview_seconds: float = 0.0  # the last cross-view's cost
-
-
-@dataclass
-class Parts:
-    """What the worker works with; each part owns its own state (see docs/ARCHITECTURE.md)."""
-
-    snapshots: SnapshotCollector  # process snapshots with YARA on their executable
-    bulk: BulkLane  # file inspections and memory scans, off this thread (results come back as events)
-    file_watcher: FileWatcher  # watched paths and writable layers (the worker refreshes it)
-    containers: ContainerRegistry  # containers, image evidence, cgroups, layer watches
-    tracker: ProcessTracker  # which processes to look at again
-    known: KnownExecutables  # executables judged clean whole: their execs stop at a glance
-    behaviour: BehaviourModel  # CPU behaviour and RandomX artefacts over time
-    sampler: CpuSampler  # the periodic CPU readings that feed it
-    judge: Judge  # pure: snapshot + context -> finding
-    emitter: Emitter  # response by policy, then the alert
-    crossview: CrossView | None = None  # hidden processes and preload libraries (None: not looked for)
 
 
 class Worker:
@@ -241,8 +190,12 @@ class Worker:
         for pid in p.behaviour.candidates(limit=MEMORY_SCANS_PER_PASS):
             if (verdict := p.behaviour.verdict(pid)) is not None:  # the answer comes back as MemoryScanned
                 p.bulk.submit(MemoryScan(pid, verdict.start_ticks))
+        # A process started before this is not young: its connections are all there to be read.
+        young_s = (p.tracker.young_rechecks + 1) * self.config.agent.interval
+        born_before = p.snapshots.ticks_ago(young_s)
         for n, pid in enumerate(pids):
-            if pid not in p.tracker or p.tracker.due(pid):  # new (missed by the connector, or none), young, suspicious
+            # New (missed by the connector, or none), young, suspicious: read whole.
+            if pid not in p.tracker or p.tracker.due(pid, born_before=born_before, pass_no=self.stats.scans):
                 self.processes.inspect_pid(pid)
             if n % (4 * SERVE_EVERY) == 4 * SERVE_EVERY - 1:
                 self.serve_waiting()
