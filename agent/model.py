@@ -285,6 +285,7 @@ class ProcessCpuSample:
     hugetlb_kb: int | None = None  # HugetlbPages from /proc/PID/status; None: not read
     anon_big_mappings_mb: tuple[int, ...] = ()  # sizes of large anonymous mappings
     msr_open: bool = False  # an fd points at /dev/cpu/N/msr
+    cpu_limit: float | None = None  # cores its cgroup may use (quota, at most the host's cores); None: unlimited/unread
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,6 +295,7 @@ class CgroupCpuSample:
     container_id: str
     t: float
     usage_seconds: float
+    cpu_limit: float | None = None  # cores its quota allows (at most the host's cores); None: unlimited
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,6 +333,7 @@ class BehaviourVerdict:
     anon_big_mappings_mb: tuple[int, ...] = ()
     msr_open: bool = False  # seen at least once
     artefacts: tuple[str, ...] = ()  # HUGEPAGES_RAISED, MSR_*: attributed host changes and noted children
+    cpu_limit: float | None = None  # cores its cgroup may use, when limited below the host (sustained near it counts)
 
     @property
     def mean_cpu(self) -> float:
@@ -344,3 +347,4 @@ class CgroupVerdict:
     container_id: str
     stats: CpuStats
     sustained: bool
+    cpu_limit: float | None = None

@@ -4,7 +4,8 @@
 #     file is used by tests/test_infra.py), docker.io (engine), busybox-static (test image), gcc + libc6-dev
 #     (static test helpers), openssl (self-signed certs), ca-certificates, debootstrap and
 #     debian-archive-keyring (the Debian 12 image of the systemd and rsyslog tests, built
-#     once per machine from the apt sources' mirror: tests/helpers/debian_image.py);
+#     once per machine from the apt sources' mirror: tests/helpers/debian_image.py),
+#     librandomx-dev (the RandomX reference library the throttled fake miner computes with);
 #   - a virtualenv at .venv with `pip install -e '.[test]'`, redone only when
 #     pyproject.toml (or the python) changed (stamp file .venv/.minerwatch-deps).
 # Environment: PYTHON (interpreter to build the venv from; default: python3 on PATH, >= 3.11),
@@ -59,7 +60,7 @@ apt_install() {
 
 # --- Debian packages -------------------------------------------------------------------
 WANT=(python3 python3-venv file docker.io busybox-static gcc libc6-dev openssl ca-certificates procps systemd binutils
-      debootstrap debian-archive-keyring)
+      debootstrap debian-archive-keyring librandomx-dev)
 MISSING=()
 for p in "${WANT[@]}"; do pkg_installed "$p" || MISSING+=("$p"); done
 if [ "${#MISSING[@]}" -gt 0 ]; then

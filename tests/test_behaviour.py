@@ -180,6 +180,66 @@ def test_a_reused_pid_is_scanned_again():
     assert m.candidates() == [25]
 
 
+def test_a_process_using_all_of_its_quota_is_sustained_at_a_quarter_core():
+    """0.25 cores flat under a 0.25-core quota is sustained (at its limit); the same without a limit is not,
+    nor is a process using a third of its quota, nor one under a quota too small to judge."""
+    m = model()
+    feed(m, 40, [0.25, 0.24, 0.25, 0.25, 0.25, 0.24], cpu_limit=0.25)
+    feed(m, 41, [0.25, 0.24, 0.25, 0.25, 0.25, 0.24])
+    feed(m, 42, [0.1] * 6, cpu_limit=0.3)
+    feed(m, 43, [0.02] * 6, cpu_limit=0.02)
+    v = m.verdict(40)
+    assert v.sustained and v.cpu_limit == 0.25
+    assert not any(m.verdict(p).sustained for p in (41, 42, 43))
+    feed(m, 44, [1.0] * 6, cpu_limit=1.5)  # busy in absolute terms: sustained (0.8 cores is enough)
+    assert m.verdict(44).sustained
+
+
+def test_a_bursty_process_at_its_quota_on_average_is_not_sustained():
+    m = model()
+    feed(m, 45, [0.5, 0.0, 0.5, 0.0, 0.5, 0.0], cpu_limit=0.5)
+    assert not m.verdict(45).sustained
+
+
+def test_a_randomx_sized_process_using_any_cpu_is_a_candidate_and_scanned_again_once_sustained():
+    """A 258 MiB anonymous mapping at 0.05 cores makes a memory-scan candidate at once; when the same
+    process turns sustained (at its quota) it is scanned once more, then rate-limited as before."""
+    clock = Clock()
+    m = model(clock, rescan_s=600)
+    t = feed(m, 46, [0.25, 0.25], cpu_limit=0.25, hugetlb_kb=0, anon_big_mappings_mb=(258,))
+    feed(m, 47, [0.05, 0.05], anon_big_mappings_mb=(258,), hugetlb_kb=0)
+    feed(m, 48, [0.0, 0.0], anon_big_mappings_mb=(258,), hugetlb_kb=0)  # idle: not a candidate
+    assert not m.verdict(46).sustained
+    assert sorted(m.candidates(limit=5)) == [46, 47]
+    assert m.candidates(limit=5) == []
+    total = 50.0 + 2 * 1.25
+    for _ in range(4):
+        t += 5
+        total += 1.25
+        m.observe(ProcessCpuSample(46, 111, t, total, (0.25,), 1, 0, (258,), cpu_limit=0.25))
+    assert m.verdict(46).sustained
+    assert m.candidates(limit=5) == [46]
+    assert m.candidates(limit=5) == []
+
+
+def test_quota_bound_verdict_makes_evidence_that_names_the_quota():
+    m_verdict = model()
+    feed(m_verdict, 49, [0.25] * 6, cpu_limit=0.25, hugetlb_kb=0, anon_big_mappings_mb=(258,))
+    v = m_verdict.verdict(49)
+    ev = det.process_evidence(v)
+    details = " | ".join(e.detail for e in ev)
+    assert "0.25-core CPU quota" in details and "RandomX light-mode cache" in details
+    assert severity_of(ev)[0] is Severity.LOW  # still weak alone
+
+
+def test_cgroup_at_its_quota_is_sustained():
+    m = model()
+    for i in range(7):
+        m.observe_cgroup(CgroupCpuSample("c2", 1000 + 5 * i, 100 + 1.25 * i, 0.25))
+    v = m.cgroup_verdict("c2")
+    assert v.sustained and "0.25-core quota" in det.container_evidence(v)[0].detail
+
+
 def test_cgroup_verdict_is_sustained_for_a_flat_busy_container():
     """A container cgroup at 1.9 cores for 30 s is sustained; a counter reset restarts its history."""
     m = model()

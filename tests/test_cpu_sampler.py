@@ -7,7 +7,9 @@ import time
 from pathlib import Path
 
 from agent.collectors import cgroups
-from agent.collectors.cpu_sampler import CLK_TCK, CpuSampler, parse_big_anon_mappings
+from agent.collectors.cpu_sampler import (
+    CLK_TCK, CpuSampler, parse_big_anon_mappings, parse_cpu_cgroup, parse_quota, parse_status,
+)
 from agent.collectors.procread import parse_stat
 
 from tests.helpers import procs
@@ -30,14 +32,17 @@ def stat_line(pid: int, ticks: int, threads: int = 1, start: int = 4242, comm: s
 
 
 def fake_process(root: Path, pid: int, ticks: int, thread_ticks: dict[int, int], *, start: int = 4242,
-                 hugetlb_kb: int | None = 266240, maps: str = "", msr: bool = False) -> None:
+                 hugetlb_kb: int | None = 266240, maps: str = "", msr: bool = False, rss_kb: int = 14000,
+                 cgroup: str | None = None) -> None:
     d = root / str(pid)
     (d / "fd").mkdir(parents=True, exist_ok=True)
     (d / "stat").write_text(stat_line(pid, ticks, len(thread_ticks), start))
     for tid, n in thread_ticks.items():
         (d / "task" / str(tid)).mkdir(parents=True, exist_ok=True)
         (d / "task" / str(tid) / "stat").write_text(stat_line(tid, n, len(thread_ticks), start))
-    status = "Name:\tminer\nVmRSS:\t   14000 kB\n"
+    status = f"Name:\tminer\nVmRSS:\t{rss_kb:>8} kB\nThreads:\t{len(thread_ticks)}\n"
+    if cgroup is not None:
+        (d / "cgroup").write_text(cgroup)
     if hugetlb_kb is not None:
         status += f"HugetlbPages:\t{hugetlb_kb:>8} kB\n"
     (d / "status").write_text(status)
@@ -226,6 +231,78 @@ def test_real_randomx_sized_allocation_is_seen(spawn, helper_bins):
         return s and any(255 <= mb <= 270 for mb in s[0].anon_big_mappings_mb)
 
     procs.wait_until(seen, timeout=20, interval=0.5, message="260 MiB mapping")
+
+
+def test_status_cgroup_and_quota_parsing():
+    assert parse_status(b"Name:\tx\nVmRSS:\t  268276 kB\nThreads:\t3\nHugetlbPages:\t  0 kB\n") == (0, 268276, 3)
+    assert parse_status(b"Name:\tx\n") == (None, None, None)
+    hybrid = b"4:memory:/docker/abc\n2:cpuacct:/docker/abc\n1:cpu:/docker/abc\n0::/\n"
+    assert parse_cpu_cgroup(hybrid) == ("v1", "/docker/abc")
+    assert parse_cpu_cgroup(b"3:cpu,cpuacct:/x\n") == ("v1", "/x")
+    assert parse_cpu_cgroup(b"0::/system.slice/docker-abc.scope\n") == ("v2", "/system.slice/docker-abc.scope")
+    assert parse_quota("v1", b"25000\n", b"100000\n") == 0.25 and parse_quota("v1", b"-1\n", b"100000\n") is None
+    assert parse_quota("v2", b"50000 100000\n") == 0.5 and parse_quota("v2", b"max 100000\n") is None
+
+
+def _quota_v1(sys_root, path: str, quota: int, period: int = 100_000) -> None:
+    d = sys_root / "fs/cgroup/cpu" / path.lstrip("/")
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "cpu.cfs_quota_us").write_text(f"{quota}\n")
+    (d / "cpu.cfs_period_us").write_text(f"{period}\n")
+
+
+def test_a_moving_process_gets_status_and_its_limit_read_and_a_busy_one_at_its_quota_the_full_read(tmp_path):
+    """Below detail_core but moving: HugetlbPages, VmRSS, Threads and the cgroup's quota (the tightest of
+    it and its ancestors); maps only with a RandomX-sized RSS; threads and fds once near its quota."""
+    clock, proc, sys_root = Clock(), tmp_path / "proc", tmp_path / "sys"
+    cg = "1:cpu:/docker/abc\n0::/\n"
+    _quota_v1(sys_root, "/docker", 150_000)
+    _quota_v1(sys_root, "/docker/abc", 40_000)  # 0.4 cores
+    fake_process(proc, 90, 100, {90: 100}, hugetlb_kb=0, maps=MAPS, cgroup=cg)
+    s = CpuSampler(proc, sys_root, clock=clock)
+    s.sample([90])
+    clock.t += 10
+    fake_process(proc, 90, 100 + CLK_TCK, {90: 100 + CLK_TCK}, hugetlb_kb=0, maps=MAPS, cgroup=cg)  # 0.1 cores
+    light, = s.sample([90])
+    assert (light.hugetlb_kb, light.threads, light.cpu_limit) == (0, 1, 0.4)
+    assert light.anon_big_mappings_mb == () and light.per_thread_busy == ()  # small RSS: maps not read
+    clock.t += 10
+    fake_process(proc, 90, 100 + 5 * CLK_TCK, {90: 100 + 5 * CLK_TCK}, hugetlb_kb=0, maps=MAPS, cgroup=cg,
+                 rss_kb=268_276)  # 0.4 cores: all of its quota
+    busy, = s.sample([90])
+    assert busy.anon_big_mappings_mb == (2304, 260) and busy.cpu_limit == 0.4
+    clock.t += 10
+    fake_process(proc, 90, 100 + 9 * CLK_TCK, {90: 100 + 9 * CLK_TCK}, hugetlb_kb=0, maps=MAPS, cgroup=cg)
+    again, = s.sample([90])
+    assert again.per_thread_busy == (0.4,)  # the full read: thread deltas since the previous full one
+    clock.t += 10
+    still, = s.sample([90])  # did not move: the cheap path
+    assert still.cpu_limit is None and still.hugetlb_kb is None
+
+
+def test_cgroup_samples_carry_the_quota(tmp_path):
+    d = tmp_path / "fs/cgroup/cpuacct/docker/aaa"
+    d.mkdir(parents=True)
+    (d / "cpuacct.usage").write_text("2500000000\n")
+    _quota_v1(tmp_path, "/docker/aaa", 25_000)
+    (tmp_path / "fs/cgroup/cpuacct/docker/bbb").mkdir(parents=True)
+    (tmp_path / "fs/cgroup/cpuacct/docker/bbb/cpuacct.usage").write_text("1\n")
+    got = CpuSampler(tmp_path / "proc", tmp_path).sample_cgroups({"aaa": "/docker/aaa", "bbb": "/docker/bbb"})
+    assert [(x.container_id, x.cpu_limit) for x in got] == [("aaa", 0.25), ("bbb", None)]
+
+
+def test_real_container_quota_is_the_limit_of_it_and_its_processes(docker_run, base_image):
+    """This host's layout: a container run with 0.25 CPUs has cpu_limit 0.25, and so has its process."""
+    c = docker_run(base_image, ["sleep", "120"], nano_cpus=250_000_000)
+    pid = procs.wait_until(lambda: procs.pids_in_cgroup_of(c.id), timeout=30, message="container pid")[0]
+    cid, _runtime, path = cgroups.parse_cgroup(procs.cgroup(pid))
+    sampler = CpuSampler()
+    sample, = sampler.sample([pid], detail={pid})
+    assert sample.cpu_limit == 0.25
+    cg, = sampler.sample_cgroups({cid: path})
+    assert cg.cpu_limit == 0.25
+    own, = sampler.sample([os.getpid()], detail={os.getpid()})
+    assert own.cpu_limit is None or own.cpu_limit < os.cpu_count()
 
 
 def test_real_container_cgroup_usage_grows(docker_run, base_image):

@@ -1,14 +1,19 @@
-"""Behaviour samples from procfs and sysfs: CPU time per process, thread and container cgroup,
-and the RandomX artefacts (huge pages, big anonymous mappings, the msr device and module).
+"""Behaviour samples from procfs and sysfs: CPU time per process, thread and container cgroup, the
+CPU each may use (its cgroup's quota), and the RandomX artefacts (huge pages, big anonymous mappings,
+the msr device and module).
 
-Cheap check first: every process costs one read of ``/proc/PID/stat``; only a process that
-used more than ``detail_core`` cores since its previous sample (or one the caller names in
-``detail``) gets its threads, ``status``, ``maps`` and ``fd`` read. The sampler keeps the
-previous reading of each pid to compute those deltas: its only state, owned by the one
-thread that calls ``sample``, and pruned to the pids of the latest call.
+Cost follows activity: every process costs one ``stat`` read. One whose CPU time moved since its last
+sample also gets ``status`` (HugetlbPages, VmRSS, Threads) and ``cgroup`` (its limit: the tightest
+quota of its cgroup and ancestors, read once per cgroup per pass, at most the host's cores), and
+``maps`` when its RSS or huge pages could hold a RandomX cache. Threads and ``fd`` only for one above
+``detail_core``, near its limit (``LIMIT_SHARE``) or named in ``detail``. State: the previous reading
+of each pid (pruned to the latest call) and the per-pass limit cache, owned by the caller's thread.
 
 A pid that vanishes mid-read is skipped and counted (``vanished``); a field that cannot be
 read stays empty (``hugetlb_kb=None``) and is counted (``partial``).
+
+Why this module is long: the per-pass cost of behaviour sampling is decided here and nowhere else (which
+process gets which read, and the limit cache shared by processes and container cgroups in one pass).
 """
 
 from __future__ import annotations
@@ -30,6 +35,10 @@ MAX_BIG_MAPPINGS = 8
 MAX_THREADS = 256  # per-thread stats read for at most this many threads of one process
 MAX_FDS = 4096
 MAPS_LIMIT = 8 << 20
+MAPS_MIN_KB = 200 << 10  # a light read looks at maps only with this much RSS or huge pages (a RandomX cache)
+LIMIT_SHARE = 0.75  # a process using this share of its CPU limit gets the full detailed read
+MAX_CGROUP_DEPTH = 16
+NCPU = os.cpu_count() or 1
 _SMALL = 1 << 16  # status, cpu.stat: a few KiB
 _VANISHED = (errno.ENOENT, errno.ESRCH)
 _MSR_PATH = re.compile(r"^/dev/cpu/\d+/msr$")
@@ -44,12 +53,38 @@ class _Prev:
     thread_ticks: dict[int, int] | None  # from this reading, when it was a detailed one
 
 
-def parse_hugetlb_kb(status: bytes) -> int | None:
-    """``HugetlbPages`` in kB from ``/proc/PID/status`` text; None when the kernel does not report it."""
+def parse_status(status: bytes) -> tuple[int | None, int | None, int | None]:
+    """(HugetlbPages kB, VmRSS kB, Threads) from ``/proc/PID/status``; None for a field not there."""
+    found: dict[bytes, int] = {}
     for line in status.splitlines():
-        if line.startswith(b"HugetlbPages:"):
-            return int(line.split()[1])
-    return None
+        key, _, rest = line.partition(b":")
+        if key in (b"HugetlbPages", b"VmRSS", b"Threads") and rest.split():
+            found[key] = int(rest.split()[0])
+    return found.get(b"HugetlbPages"), found.get(b"VmRSS"), found.get(b"Threads")
+
+
+def parse_cpu_cgroup(text: bytes) -> tuple[str, str] | None:
+    """(kind, path) of the cgroup that sets a process's CPU limit, from ``/proc/PID/cgroup``: the v1
+    hierarchy with the ``cpu`` controller, else the v2 one (``0::``)."""
+    v2 = None
+    for line in text.decode("utf-8", "replace").splitlines():
+        _, ctrl, path = (line.split(":", 2) + ["", ""])[:3]
+        if "cpu" in ctrl.split(","):
+            return "v1", path
+        v2 = ("v2", path) if ctrl == "" and path else v2
+    return v2
+
+
+def parse_quota(kind: str, raw: bytes, period: bytes = b"") -> float | None:
+    """Cores a cgroup may use: v1 ``cpu.cfs_quota_us`` (-1: none) over ``cpu.cfs_period_us``; v2 ``cpu.max``."""
+    if kind == "v2":
+        quota, _, period = raw.strip().partition(b" ")
+    else:
+        quota = raw.strip()
+    if quota in (b"max", b"-1") or not quota:
+        return None
+    q, p = int(quota), int(period.strip() or b"100000")
+    return q / p if q > 0 and p > 0 else None
 
 
 def parse_big_anon_mappings(maps: bytes, min_mb: int = BIG_MAPPING_MB) -> tuple[int, ...]:
@@ -89,6 +124,7 @@ class CpuSampler:
         self._clock = clock
         self._prev: dict[int, _Prev] = {}
         self._cgroup_layout: tuple[tuple[str, str], ...] | None = None
+        self._limits: dict[tuple[str, str], float | None] = {}  # (kind, cgroup path) -> cores; one pass
         self.vanished = 0  # pids gone before or during their read
         self.denied = 0  # pids whose stat could not be read for another reason
         self.partial = 0  # detail fields that could not be read
@@ -98,7 +134,7 @@ class CpuSampler:
 
     def sample(self, pids: Iterable[int], detail: Collection[int] = ()) -> list[ProcessCpuSample]:
         """One sample per live pid; busy ones (and those in ``detail``) with threads and artefacts."""
-        out, prev, self._prev = [], self._prev, {}
+        out, prev, self._prev, self._limits = [], self._prev, {}, {}
         for pid in pids:
             s = self._sample_one(pid, prev.get(pid), pid in detail)
             if s is not None:
@@ -115,23 +151,35 @@ class CpuSampler:
             return None
         if prev is not None and prev.start_ticks != start:
             prev = None  # the pid was reused
-        busy = prev is not None and t > prev.t and (ticks - prev.ticks) / CLK_TCK / (t - prev.t) >= self.detail_core
-        if not (busy or force):
+        moved = prev is not None and t > prev.t and ticks > prev.ticks
+        if not (moved or force):
             self._prev[pid] = _Prev(start, t, ticks, None)
             return ProcessCpuSample(pid, start, t, ticks / CLK_TCK, threads=threads)
+        rate = (ticks - prev.ticks) / CLK_TCK / (t - prev.t) if moved else 0.0
         try:
-            return self._detailed(pid, prev, start, t, ticks, threads)
+            return self._detailed(pid, prev, start, t, ticks, threads, rate, force)
         except (OSError, ValueError, IndexError) as exc:
             self._skipped(exc)
             return None
 
-    def _detailed(self, pid: int, prev: _Prev | None, start: int, t: float, ticks: int, threads: int) -> ProcessCpuSample | None:
-        """Threads and artefacts, all read through one directory fd checked to be the same process."""
+    def _detailed(self, pid: int, prev: _Prev | None, start: int, t: float, ticks: int, threads: int,
+                  rate: float, force: bool) -> ProcessCpuSample | None:
+        """Artefacts and limit (and, when busy, threads and fds), read through one directory fd checked
+        to be the same process."""
         dfd = os.open(f"{self.proc_root}/{pid}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             if parse_stat(read_once("stat", dir_fd=dfd)).start_ticks != start:
                 self.vanished += 1  # exited and its pid reused between the two reads
                 return None
+            hugetlb, rss, n = self._status(dfd)
+            limit = self._limit(dfd)
+            big = (rss or 0) >= MAPS_MIN_KB or (hugetlb or 0) >= MAPS_MIN_KB
+            mappings = self._big_mappings(dfd) if big or force else ()
+            full = force or rate >= self.detail_core or (limit is not None and rate >= LIMIT_SHARE * limit)
+            if not full:
+                self._prev[pid] = _Prev(start, t, ticks, None)
+                return ProcessCpuSample(pid, start, t, ticks / CLK_TCK, (), n or threads, hugetlb, mappings,
+                                        cpu_limit=limit)
             thread_ticks = self._thread_ticks(dfd)
             per_thread: tuple[float, ...] = ()
             if prev is not None and prev.thread_ticks is not None and thread_ticks:
@@ -139,8 +187,8 @@ class CpuSampler:
                 per_thread = tuple(round(max(0, n - prev.thread_ticks[tid]) / CLK_TCK / dt, 3)
                                    for tid, n in thread_ticks.items() if tid in prev.thread_ticks)
             self._prev[pid] = _Prev(start, t, ticks, thread_ticks)
-            return ProcessCpuSample(pid, start, t, ticks / CLK_TCK, per_thread, threads, self._hugetlb(dfd),
-                                    self._big_mappings(dfd), self._msr_open(dfd))
+            return ProcessCpuSample(pid, start, t, ticks / CLK_TCK, per_thread, threads, hugetlb,
+                                    mappings, self._msr_open(dfd), limit)
         finally:
             os.close(dfd)
 
@@ -169,14 +217,51 @@ class CpuSampler:
             os.close(tfd)
         return out
 
-    def _hugetlb(self, dfd: int) -> int | None:
+    def _status(self, dfd: int) -> tuple[int | None, int | None, int | None]:
         try:
-            return parse_hugetlb_kb(read_bounded("status", dir_fd=dfd, limit=_SMALL))
+            return parse_status(read_bounded("status", dir_fd=dfd, limit=_SMALL))
         except (OSError, ValueError, IndexError) as exc:
             if isinstance(exc, OSError) and exc.errno in _VANISHED:
                 raise
             self.partial += 1
+            return None, None, None
+
+    def _limit(self, dfd: int) -> float | None:
+        """Cores this process may use: its CPU cgroup's quota (the tightest of it and its ancestors), at
+        most the host's cores; None when nothing limits it below the host or it cannot be read."""
+        try:
+            where = parse_cpu_cgroup(read_once("cgroup", dir_fd=dfd))
+        except OSError as exc:
+            if exc.errno == errno.ESRCH:
+                raise
+            self.partial += 1  # (a tree without cgroup files, such as a fake /proc, has no limit)
             return None
+        if where is None:
+            return None
+        if where not in self._limits:
+            self._limits[where] = self.cgroup_limit(*where)
+        return self._limits[where]
+
+    def cgroup_limit(self, kind: str, path: str) -> float | None:
+        """The CPU limit (cores) of a cgroup path and its ancestors, or None when only the host's cores bound it."""
+        parts = [p for p in path.split("/") if p]
+        if ".." in parts:
+            return None
+        best: float = NCPU
+        subs = ("cpu", "cpu,cpuacct") if kind == "v1" else ("",) if self._v2_only() else ("unified",)
+        for depth in range(min(len(parts), MAX_CGROUP_DEPTH), 0, -1):
+            rel = "/".join(parts[:depth])
+            for sub in subs:
+                base = self.sys_root / "fs/cgroup" / sub / rel
+                try:
+                    q = (parse_quota(kind, read_once(base / "cpu.cfs_quota_us"), read_once(base / "cpu.cfs_period_us"))
+                         if kind == "v1" else parse_quota(kind, read_once(base / "cpu.max")))
+                except (OSError, ValueError):
+                    continue
+                if q is not None:
+                    best = min(best, q)
+                break
+        return round(best, 3) if best < NCPU else None
 
     def _big_mappings(self, dfd: int) -> tuple[int, ...]:
         try:
@@ -216,7 +301,10 @@ class CpuSampler:
             if usage is None:
                 self.cgroup_missing += 1
             else:
-                out.append(CgroupCpuSample(cid, self._clock(), usage))
+                kind = "v2" if self._v2_only() else "v1"
+                if (kind, path) not in self._limits:
+                    self._limits[(kind, path)] = self.cgroup_limit(kind, path)
+                out.append(CgroupCpuSample(cid, self._clock(), usage, self._limits[(kind, path)]))
         return out
 
     def _layout(self) -> tuple[tuple[str, str], ...]:
@@ -227,6 +315,9 @@ class CpuSampler:
             else:
                 self._cgroup_layout = (("cpuacct", "v1"), ("cpu,cpuacct", "v1"), ("unified", "v2"))
         return self._cgroup_layout
+
+    def _v2_only(self) -> bool:
+        return self._layout() == (("", "v2"),)
 
     def _cgroup_usage(self, path: str) -> float | None:
         if ".." in path.split("/"):

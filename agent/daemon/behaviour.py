@@ -7,6 +7,10 @@ State is bounded: entries not seen for two windows are forgotten, and at most ``
 processes / ``max_cgroups`` containers are tracked. When the process table is full, an idle
 entry (no CPU since its last reading, nothing noted) is evicted first, oldest first: a flood
 of idle processes must never push out the busy or suspicious ones (every eviction is counted).
+
+CPU is judged against what a process may use: a process (or a container cgroup) whose samples
+carry a CPU limit (its cgroup's quota, below ``busy_core``) is sustained when it keeps using
+``limit_share`` of it, flat, even at a fraction of a core; a miner capped by its quota is.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 
+from agent.detectors.behaviour import randomx_size
 from agent.model import (
     HUGEPAGES_RAISED, MSR_LOADED, MSR_WRITES_ON, BehaviourVerdict, CgroupCpuSample, CgroupVerdict, CpuStats,
     HostArtefacts, ProcessCpuSample,
@@ -24,6 +29,7 @@ from agent.model import (
 _MAX_READINGS = 64  # per series; more samples per window than this only shortens the span
 _EVICT_SCAN = 256  # entries looked at (oldest first) for an idle one to evict
 _IDLE_CORES = 0.01
+_MIN_LIMIT_CORES = 0.05  # a limit below this is not judged relative (a few ms per second say nothing)
 
 
 class _Series:
@@ -64,7 +70,8 @@ class _Series:
 
 class _Proc:
     __slots__ = ("start_ticks", "series", "busy_counts", "threads", "hugetlb_kb", "first_hugetlb_t",
-                 "anon_mb", "msr_open", "noted", "first_seen", "last_seen", "last_scan", "scan_requested")
+                 "anon_mb", "msr_open", "noted", "first_seen", "last_seen", "last_scan", "scan_requested",
+                 "limit", "scanned_sustained")
 
     def __init__(self, start_ticks: int, t: float) -> None:
         self.start_ticks = start_ticks
@@ -79,14 +86,20 @@ class _Proc:
         self.first_seen = self.last_seen = t
         self.last_scan: float | None = None
         self.scan_requested = False
+        self.limit: float | None = None
+        self.scanned_sustained = False  # scanned while sustained: the first sustained verdict gets a scan
+
+    def randomx_sized(self) -> bool:
+        return bool(randomx_size(self.hugetlb_kb / 1024)) or any(randomx_size(mb) for mb in self.anon_mb)
 
 
 class _Cgroup:
-    __slots__ = ("series", "last_seen")
+    __slots__ = ("series", "last_seen", "limit")
 
     def __init__(self, t: float) -> None:
         self.series = _Series()
         self.last_seen = t
+        self.limit: float | None = None
 
 
 class BehaviourModel:
@@ -100,6 +113,7 @@ class BehaviourModel:
         min_span_s: float = 20.0,
         busy_core: float = 0.8,
         scan_core: float = 0.5,
+        limit_share: float = 0.85,
         max_cv: float = 0.25,
         rescan_s: float = 600.0,
         max_pids: int = 20_000,
@@ -108,6 +122,7 @@ class BehaviourModel:
     ) -> None:
         self.window_s, self.min_samples, self.min_span_s = window_s, min_samples, min_span_s
         self.busy_core, self.scan_core, self.max_cv, self.rescan_s = busy_core, scan_core, max_cv, rescan_s
+        self.limit_share = limit_share
         self.max_pids, self.max_cgroups = max_pids, max_cgroups
         self._clock = clock
         self._procs: OrderedDict[int, _Proc] = OrderedDict()  # least recently seen first
@@ -134,6 +149,8 @@ class BehaviourModel:
                 st.first_hugetlb_t = s.t
         if s.hugetlb_kb is not None or s.anon_big_mappings_mb:
             st.anon_mb = s.anon_big_mappings_mb
+        if s.hugetlb_kb is not None or s.cpu_limit is not None:  # its CPU moved: status and limit were read
+            st.limit = s.cpu_limit
         st.msr_open = st.msr_open or s.msr_open
         self._advance(s.t)
 
@@ -147,6 +164,7 @@ class BehaviourModel:
         else:
             self._cgroups.move_to_end(s.container_id)
         cg.series.add(s.t, s.usage_seconds, self.window_s)
+        cg.limit = s.cpu_limit
         cg.last_seen = max(cg.last_seen, s.t)
         self._advance(s.t)
 
@@ -185,42 +203,53 @@ class BehaviourModel:
         if st is None or (start_ticks is not None and start_ticks != st.start_ticks):
             return None
         stats = st.series.stats()
-        sustained = self._sustained(stats)
+        sustained = self._judge_cpu(stats, st.limit)
         recent = [n for t, n in st.busy_counts if t >= st.last_seen - self.window_s]
         busy = int(statistics.median_low(recent)) if recent else 0
         return BehaviourVerdict(pid, st.start_ticks, stats, sustained, busy, st.threads, st.hugetlb_kb, st.anon_mb,
-                                st.msr_open, self._artefacts(st, sustained))
+                                st.msr_open, self._artefacts(st, sustained), st.limit)
 
     def cgroup_verdict(self, container_id: str) -> CgroupVerdict | None:
         cg = self._cgroups.get(container_id)
         if cg is None:
             return None
         stats = cg.series.stats()
-        return CgroupVerdict(container_id, stats, self._sustained(stats))
+        return CgroupVerdict(container_id, stats, self._judge_cpu(stats, cg.limit), cg.limit)
 
     def candidates(self, limit: int = 2) -> list[int]:
         """Pids to scan in memory now, marked as scanned: requested, with artefacts, or steadily busy.
 
         Steadily busy uses ``scan_core`` (lower than ``busy_core``: a miner on a contended host gets
-        less than a core per thread, and a scan of a small process costs tens of milliseconds).
-        The same process (pid and start time) is handed out at most once per ``rescan_s``.
+        less than a core per thread, and a scan of a small process costs tens of milliseconds), or
+        sustained at its CPU limit. A process using any CPU with a RandomX-sized allocation (huge
+        pages or an anonymous mapping) is a candidate whatever its rate. The same process (pid and
+        start time) is handed out at most once per ``rescan_s``, except once more when it first
+        turns sustained (its memory hits are judged beside the sustained CPU then).
         """
         now = self._clock()
         ranked = []
         for pid, st in self._procs.items():
-            if st.last_scan is not None and now - st.last_scan < self.rescan_s:
+            fresh = st.last_scan is None or now - st.last_scan >= self.rescan_s
+            if not fresh and st.scanned_sustained:
                 continue
-            if not (st.scan_requested or st.msr_open or st.noted or st.series.last_rate() >= self.scan_core / 2):
+            rate = st.series.last_rate()
+            sized = rate > _IDLE_CORES and st.randomx_sized()
+            limited = st.limit is not None and rate >= self.limit_share * st.limit / 2
+            if not (st.scan_requested or st.msr_open or st.noted or sized or limited or rate >= self.scan_core / 2):
                 continue  # the cheap check first: idle processes cost no statistics
             v = self.verdict(pid)
-            suspicious = st.scan_requested or v.msr_open or bool(v.artefacts)
+            if not fresh and not v.sustained:
+                continue  # scanned lately; only turning sustained earns another scan
+            suspicious = st.scan_requested or v.msr_open or bool(v.artefacts) or sized
             if suspicious or v.sustained or self._steady(v.stats, self.scan_core):
-                ranked.append((not suspicious, -v.mean_cpu, pid))
+                ranked.append((not suspicious, -v.mean_cpu, pid, v.sustained))
         ranked.sort()
-        out = [pid for _, _, pid in ranked[:limit]]
-        for pid in out:
+        out = []
+        for _, _, pid, sustained in ranked[:limit]:
             st = self._procs[pid]
             st.last_scan, st.scan_requested = now, False
+            st.scanned_sustained = st.scanned_sustained or sustained
+            out.append(pid)
         return out
 
     def __len__(self) -> int:
@@ -228,8 +257,11 @@ class BehaviourModel:
 
     # ---------------------------------------------------------------- internals
 
-    def _sustained(self, s: CpuStats) -> bool:
-        return self._steady(s, self.busy_core)
+    def _judge_cpu(self, s: CpuStats, limit: float | None) -> bool:
+        """Sustained: flat at ``busy_core``, or flat at ``limit_share`` of a lower CPU limit."""
+        if limit is None or limit < _MIN_LIMIT_CORES:
+            return self._steady(s, self.busy_core)
+        return self._steady(s, min(self.busy_core, self.limit_share * limit))
 
     def _steady(self, s: CpuStats, core: float) -> bool:
         return (s.samples >= self.min_samples and s.span_s >= self.min_span_s
@@ -276,7 +308,7 @@ class BehaviourModel:
 
     @staticmethod
     def _evictable(st: _Proc) -> bool:
-        return not (st.noted or st.msr_open or st.scan_requested or st.hugetlb_kb)
+        return not (st.noted or st.msr_open or st.scan_requested or st.hugetlb_kb or st.randomx_sized())
 
     def _artefacts(self, st: _Proc, sustained: bool) -> tuple[str, ...]:
         found = dict(st.noted)

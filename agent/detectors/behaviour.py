@@ -6,6 +6,9 @@ databases and DPDK use huge pages, JVM heaps are big, and tuning tools (turbosta
 undervolt) open ``/dev/cpu/*/msr``. Beside any strong signal the weights raise the finding:
 the RandomX-specific artefacts weigh more than bare CPU, and the behaviour total is capped
 (``MAX_TOTAL``) so behaviour plus one moderate signal reaches ``high``, not ``critical``.
+
+CPU is judged against what the process may use: one that keeps using nearly all of its cgroup's
+quota (``cpu_limit``) is sustained at a fraction of a core, and the size artefacts count on it.
 """
 
 from __future__ import annotations
@@ -17,11 +20,12 @@ from agent.model import (
 )
 
 ID = "behaviour"
-VERSION = 1
+VERSION = 2
 TITLE = "Cryptomining behaviour"
 
 _RULE = f"{ID}@{VERSION}"
 MAX_TOTAL = 45
+AT_LIMIT = 0.85  # this share of its CPU quota is "all of it"
 BUSY_CPU = 0.5  # size artefacts count only on a process using at least this much CPU
 # (low MiB, high MiB, what): RandomX light-mode cache (256 MiB + JIT/scratchpads; XMRig shows
 # HugetlbPages 266240 kB) and fast-mode dataset (2080 MiB, with the cache 2396160 kB).
@@ -53,8 +57,9 @@ def process_evidence(v: BehaviourVerdict) -> list[Evidence]:
     if v.sustained:
         per_core = v.busy_threads >= 2
         threads = f", {v.busy_threads} busy thread(s) of {v.threads}" if v.busy_threads else ""
+        quota = f" (all of its {v.cpu_limit:.2f}-core CPU quota)" if v.cpu_limit and s.mean_cpu >= AT_LIMIT * v.cpu_limit else ""
         out.append((20 if per_core else 15,
-                    f"sustained flat CPU: {s.mean_cpu:.2f} cores over {s.span_s:.0f} s "
+                    f"sustained flat CPU: {s.mean_cpu:.2f} cores{quota} over {s.span_s:.0f} s "
                     f"({s.samples} samples, variation {s.flatness:.2f}){threads}"))
     busy = v.sustained or s.mean_cpu >= BUSY_CPU
     if busy and v.hugetlb_kb > 0:
@@ -78,7 +83,8 @@ def container_evidence(v: CgroupVerdict) -> list[Evidence]:
     if not v.sustained:
         return []
     s = v.stats
-    return [Evidence("behaviour", f"container cgroup CPU sustained and flat: {s.mean_cpu:.2f} cores over "
+    quota = f" (all of its {v.cpu_limit:.2f}-core quota)" if v.cpu_limit and s.mean_cpu >= AT_LIMIT * v.cpu_limit else ""
+    return [Evidence("behaviour", f"container cgroup CPU sustained and flat: {s.mean_cpu:.2f} cores{quota} over "
                                   f"{s.span_s:.0f} s ({s.samples} samples, variation {s.flatness:.2f})",
                      15, _RULE, strong=False)]
 

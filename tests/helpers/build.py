@@ -44,6 +44,9 @@ TARGETS: dict[str, tuple[str, list[str]]] = {
 # output name -> (source, extra flags); linked dynamically against the host's glibc (no -static)
 DYNAMIC_TARGETS: dict[str, tuple[str, list[str]]] = {
     "fakeminer-dyn": ("fakeminer.c", ["-DWITH_STRINGS"]),
+    # the RandomX fake miner (a shared object against librandomx-dev) and the stub that unpacks it (rxpack.py)
+    "randomx-miner.so": ("randomx_miner.c", ["-shared", "-fPIC", "-Wl,--no-as-needed", "-lrandomx"]),
+    "rxpack-stub": ("rxpack_stub.c", []),
 }
 DYNAMIC_FLAGS = ["-O2", "-pthread", "-Wall", "-Wno-format-truncation", "-fPIE", "-pie"]
 
