@@ -105,6 +105,18 @@ def _dir_key(fd: int) -> DirKey:
     return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
 
 
+def _known_absent(top: int, directory: str, name: str, absent: dict, *, home: bool) -> bool:
+    """Whether ``directory`` (under ``top``) is known to lack ``name``, by a plain ``stat``, before the
+    safe no-follow walk opens it. A symlink on the way could make this look at another directory,
+    but then the safe walk would refuse that path anyway: skipping it changes nothing."""
+    try:
+        st = os.stat(directory.lstrip("/") or ".", dir_fd=top)
+    except OSError:
+        return False
+    dk = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+    return (dk, name) in absent if home else dk in absent
+
+
 def find_miner_config(proc_root, pid: int, cmdline: Sequence[str], cwd: str, exe: str, *,
                       dir_fd: int | None = None, max_bytes: int = MAX_CONFIG_BYTES,
                       absent: dict[DirKey, bool] | None = None, settled_ns: int = 0,
@@ -139,6 +151,9 @@ def find_miner_config(proc_root, pid: int, cmdline: Sequence[str], cwd: str, exe
         for base, path in candidate_paths(cmdline, cwd, exe, home):
             directory, name = posixpath.split(path)
             key = (base, directory)
+            if key not in dirs and absent and (base, path) not in explicit \
+                    and _known_absent(base_fd(base), directory, name, absent, home=(base, path) in homes):
+                continue
             if key not in dirs:
                 top = base_fd(base)  # failing here means the process is gone or hidden: the caller decides
                 try:
