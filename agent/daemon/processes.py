@@ -100,8 +100,8 @@ class Processes:
     def inspect_pid(self, pid: int, *, in_container: str = "", hidden: dict | None = None) -> bool:
         """Read ``pid`` whole and judge it; False when it is gone (or, with ``in_container``, not in it).
         ``hidden``: what the cross-view found hiding it (snapshot fields), attached now and later."""
-        if pid == self.own_pid:
-            return False
+        if pid in self.own_tree or pid in self.own_children:  # never judged: not read either (the
+            return False  # ancestors are never tracked, so every pass would read them whole for nothing)
         snap = self.p.snapshots.snapshot(pid, self.net_tables)
         if snap is None and hidden and hidden.get("proc_mounted"):
             snap = ProcessSnapshot(pid=pid, partial=("stat",))  # /proc/PID is covered: judged on that alone
