@@ -84,22 +84,20 @@ class EventQueue:
         self.accepted: Counter[str] = Counter()
 
     def put(self, event: Event) -> bool:
-        kind = type(event).__name__
-        try:
-            self._q.put_nowait(event)
-        except queue.Full:
-            with self._lock:
-                self.dropped[kind] += 1
-            return False
-        with self._lock:
-            self.accepted[kind] += 1
-        return True
+        """Collectors: never blocks; False (counted in ``dropped``) when the queue is full."""
+        return self._put(event, None)
 
     def put_wait(self, event: Event, timeout: float) -> bool:
         """For internal producers that may wait (the bulk lane handing back results): blocks up to ``timeout``."""
+        return self._put(event, timeout)
+
+    def _put(self, event: Event, timeout: float | None) -> bool:
         kind = type(event).__name__
         try:
-            self._q.put(event, timeout=timeout)
+            if timeout is None:
+                self._q.put_nowait(event)
+            else:
+                self._q.put(event, timeout=timeout)
         except queue.Full:
             with self._lock:
                 self.dropped[kind] += 1

@@ -29,6 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import baseline  # noqa: E402
+from bench.daemon import cpu_seconds  # noqa: E402
 from tests.agentproc import AgentProcess  # noqa: E402
 from tests.helpers import build  # noqa: E402
 from tests.helpers.containers import TEST_WALLET  # noqa: E402
@@ -36,11 +37,6 @@ from tests.helpers.pool import FakePool  # noqa: E402
 
 US_PER_EXEC_TARGET, ALERT_TARGET_S = 100.0, 1.0
 TRUE = shutil.which("true") or "/bin/true"
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def storm(rate: float, seconds: float, at_half=None) -> tuple[int, float]:

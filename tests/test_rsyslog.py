@@ -25,6 +25,8 @@ from tests.alerts_schema import validate
 from tests.helpers import containers, debian_image
 from tests.helpers.containers import REPO_ROOT
 
+wait_for = debian_image.wait_for
+
 PORT = 6514
 OUT = "/mwtest"
 ALERTS = "/var/log/minerwatch/alerts.jsonl"
@@ -124,15 +126,6 @@ def box(docker_client, image, tmp_path):
     yield c, out
 
 
-def wait_for(what, fn, timeout=20.0, every=0.2):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
 
 
 def listening(c, port: int) -> bool:

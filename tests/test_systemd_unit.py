@@ -23,6 +23,11 @@ import pytest
 from tests.helpers import debian_image
 from tests.helpers.containers import REPO_ROOT
 
+
+
+def wait_for(what, fn, timeout=30.0, every=0.25):
+    return debian_image.wait_for(what, fn, timeout, every)
+
 UNIT = "minerwatch"
 UNIT_PATH = "/etc/systemd/system/minerwatch.service"
 ALERTS = "/var/log/minerwatch/alerts.jsonl"
@@ -71,15 +76,6 @@ def show(c, *props) -> dict[str, str]:
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
 
-def wait_for(what, fn, timeout=30.0, every=0.25):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
 
 
 def alerts(c) -> list[dict]:

@@ -18,6 +18,7 @@ import time
 
 import click
 
+from agent.cli.status import StatusLine
 from agent.errors import MinerwatchError
 from agent.model import Severity
 from agent.text import terminal_safe
@@ -57,7 +58,8 @@ def scan(paths: tuple[str, ...], as_json: bool, config_path: str | None, min_sev
     scanner = PathScanner(sig.yara, max_bytes=cfg.watch.max_file_mb << 20)
     started = time.monotonic()
     findings = []
-    with _Progress(enabled=sys.stderr.isatty()) as progress:
+    with StatusLine(sys.stderr.isatty(), "scanning",
+                    lambda stats: f"scanning: {stats.files} files, {stats.bytes_read / 1e6:.0f} MB") as progress:
         for snap in scanner.scan(paths, progress=progress):
             if (finding := judge.file(snap)) is not None:
                 findings.append(finding)
@@ -72,34 +74,6 @@ def scan(paths: tuple[str, ...], as_json: bool, config_path: str | None, min_sev
     else:
         _print_report(paths, stats, findings, shown, level, duration)
     return 1 if shown else 0
-
-
-class _Progress:
-    """A one-line 'files, MB' status on a terminal; nothing otherwise."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.status = None
-        self._last = 0.0
-        if enabled:
-            from rich.console import Console
-
-            self.status = Console(file=sys.stderr).status("scanning")
-
-    def __enter__(self):
-        if self.status is None:
-            return None
-        self.status.__enter__()
-        return self._update
-
-    def _update(self, stats) -> None:
-        now = time.monotonic()
-        if now - self._last >= 0.1:
-            self._last = now
-            self.status.update(f"scanning: {stats.files} files, {stats.bytes_read / 1e6:.0f} MB")
-
-    def __exit__(self, *exc) -> None:
-        if self.status is not None:
-            self.status.__exit__(*exc)
 
 
 def _plural(n: int, word: str) -> str:

@@ -11,6 +11,7 @@ import sys
 
 import click
 
+from agent.cli.status import StatusLine
 from agent.model import Severity
 from agent.text import terminal_safe
 
@@ -41,7 +42,8 @@ def scan_image(image: str, as_json: bool, config_path: str | None, min_severity:
     cfg = trust.load_config(config_path)  # as root: nothing another user can change (exit 2 naming the path)
     sig = trust.load_signatures(cfg)
     level = Severity.parse(min_severity) if min_severity else cfg.alert_severity
-    with _Progress(enabled=sys.stderr.isatty()) as progress:
+    with StatusLine(sys.stderr.isatty(), "reading the image export",
+                    lambda n: f"reading the image export: {n / 1e6:.0f} MB") as progress:
         result = image_scan.scan_local_image(image, cfg, sig, timeout_s=timeout_s, progress=progress)
     shown = [f for f in result.findings if f.severity >= level]
     if as_json:
@@ -51,27 +53,6 @@ def scan_image(image: str, as_json: bool, config_path: str | None, min_severity:
     else:
         _print_report(result, shown, level)
     return 1 if shown else 0
-
-
-class _Progress:
-    """A one-line 'MB read' status on a terminal; nothing otherwise."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.status = None
-        if enabled:
-            from rich.console import Console
-
-            self.status = Console(file=sys.stderr).status("reading the image export")
-
-    def __enter__(self):
-        if self.status is None:
-            return None
-        self.status.__enter__()
-        return lambda n: self.status.update(f"reading the image export: {n / 1e6:.0f} MB")
-
-    def __exit__(self, *exc) -> None:
-        if self.status is not None:
-            self.status.__exit__(*exc)
 
 
 def _print_report(result, shown, level: Severity) -> None:

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 from agent.collectors import cgroups, procparse, procread
 from agent.collectors.hashing import CacheKey, cache_key
+from agent.collectors.procfs import PF_KTHREAD
 from agent.model import ProcessSnapshot
 
-PF_KTHREAD = 0x00200000
 CGROUP_READ = 65536
 PARTIAL = ("glance",)
 

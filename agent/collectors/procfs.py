@@ -143,15 +143,18 @@ class ProcfsCollector:
 
     def container_pids(self, container_id: str) -> list[int]:
         """PIDs whose cgroup names ``container_id``: one small read per process, no snapshots."""
-        found = []
-        for pid in self.pids():
-            try:
-                text = decode(read_bounded(f"{self._root}/{pid}/cgroup", limit=65536))
-            except OSError:  # vanished or unreadable: not attributable now, the periodic scan retries
-                continue
-            if cgroups.parse_cgroup(text)[0] == container_id:
-                found.append(pid)
-        return found
+        return [pid for pid in self.pids() if self.container_of(pid) == container_id]
+
+    def container_of(self, pid: int) -> str | None:
+        """The container id in ``pid``'s cgroup ("" on the host); None when it is gone or unreadable
+        (not attributable now: the periodic scan retries)."""
+        if pid <= 0:
+            return None
+        try:
+            text = decode(read_bounded(f"{self._root}/{pid}/cgroup", limit=65536))
+        except OSError:
+            return None
+        return cgroups.parse_cgroup(text)[0]
 
     def begin_sweep(self) -> None:
         """Forget per-sweep caches (network tables); ``snapshot_all`` calls it itself."""

@@ -11,7 +11,7 @@ import dataclasses
 import os
 from pathlib import Path
 
-from agent.collectors import cgroups, netns, procparse, procread
+from agent.collectors import netns, procread
 from agent.collectors.glance import Glance, glance
 from agent.collectors.hashing import HashCache
 from agent.collectors.procfs import ProcfsCollector
@@ -58,13 +58,7 @@ class SnapshotCollector:
 
     def container_of(self, pid: int) -> str | None:
         """The container id of ``pid`` from its cgroup ("" on the host; None: gone or unreadable)."""
-        if pid <= 0:
-            return None
-        try:
-            text = procread.read_once(f"{self.proc_root}/{pid}/cgroup", size=65536)
-        except OSError:
-            return None
-        return cgroups.parse_cgroup(procparse.decode(text))[0]
+        return self.procfs.container_of(pid)
 
     def ticks_ago(self, seconds: float) -> int:
         """The boot-relative clock tick of ``seconds`` ago (as ``/proc/PID/stat`` start times count); -1 unknown."""

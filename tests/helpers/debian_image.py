@@ -456,3 +456,17 @@ def image_for_tests(client, request) -> DebianImage:
         built = f" (debootstrap + pack took {img.build_seconds:.0f} s when it was built)" if img.build_seconds else ""
         log(f"{img.tag}: reused{built}")
     return img
+
+
+def wait_for(what: str, fn, timeout: float = 20.0, every: float = 0.2):
+    """Poll ``fn`` inside a test container until it returns something truthy (returned); AssertionError
+    naming ``what`` and the last value after ``timeout``. (Exceptions propagate: a broken probe is a
+    failure, not a "not yet", unlike procs.wait_until.)"""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
