@@ -48,7 +48,10 @@ def sparse_executables(tmp_path: Path, n: int, data_kib: int = 4) -> list[Path]:
 
 
 def _stopped(pid: int) -> bool:
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0] == "T"
+    """The process is in state T. SIGSTOP is delivered asynchronously: right after the responder's
+    pidfd_send_signal the target may not have stopped yet, so wait for it (a few seconds at most)."""
+    return bool(procs.wait_until(lambda: Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0] == "T",
+                                 5.0, 0.01, f"PID {pid} stopped"))
 
 
 def burst(tmp_path, spawn, exes, **limits):
