@@ -21,7 +21,7 @@ from agent.signatures import Signatures
 log = structlog.get_logger("minerwatch.sweep")
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
-SWEEP_PROBE = 1 << 18  # /proc/N probed by a sweep: all of a default pid_max (32768), ~1 s of a 4194304 one
+SWEEP_PROBE = 1 << 18  # /proc/N probed when the task census disagrees: all of a pid_max of 32768, ~1 s of 4194304
 
 
 @dataclass
@@ -93,9 +93,8 @@ class Sweeper:
                     with_process_finding.add(proc.container_id)
 
         for cid, evidence in image_evidence.items():
-            if evidence and cid not in with_process_finding:
-                if f := judge.container(containers[cid]):
-                    result.findings.append(f)
+            if evidence and cid not in with_process_finding and (f := judge.container(containers[cid])):
+                result.findings.append(f)
 
         for snap in cross.preloads:  # /etc/ld.so.preload on the host and in each container
             if f := judge.file(snap, containers.get(snap.container_id)):
@@ -115,7 +114,7 @@ class Sweeper:
 
     def _cross_view(self, containers: dict[str, ContainerInfo], result: SweepResult) -> CrossViewResult:
         """Hidden processes and preload files (``collectors/crossview.py``): one run, one probe slice."""
-        view = CrossView(proc_root=self.config.agent.proc_root, probe_slice=SWEEP_PROBE)
+        view = CrossView(proc_root=self.config.agent.proc_root, probe_slice=SWEEP_PROBE, census=True)
         try:
             return view.run([(cid, info.pid) for cid, info in containers.items()])
         except Exception as exc:  # crash barrier: the sweep goes on without it

@@ -149,7 +149,7 @@ def test_the_cross_view_in_a_process_with_the_library_preloaded_names_the_hidden
             "print(json.dumps({str(k): v for k, v in r.hidden.items()}))")
     env = {**os.environ, "LD_PRELOAD": str(lib), "PYTHONPATH": str(REPO)}
     assert not listed_by_libc(miner.pid, env)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env, cwd=REPO)
+    out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60, env=env, cwd=REPO)
     assert out.returncode == 0, out.stderr
     hidden = json.loads(out.stdout.splitlines()[-1])
     assert hidden.get(str(miner.pid)) == ["readdir"], hidden
@@ -181,7 +181,7 @@ def test_a_mount_over_proc_pid_is_seen(tmp_path, spawn):
             f"subprocess.run(['mount', '--bind', '{empty}', '/proc/{sleeper.pid}'], check=True); "
             "print(sorted(CrossView().mounted()))")
     out = subprocess.run(["unshare", "--mount", "--propagation", "private", sys.executable, "-c", code],
-                         capture_output=True, text=True, timeout=60, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+                         check=False, capture_output=True, text=True, timeout=60, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert out.returncode == 0, out.stderr
     assert sleeper.pid in json.loads(out.stdout.splitlines()[-1])
     assert sleeper.pid not in CrossView().mounted(), "our own mount namespace was never touched"
@@ -254,6 +254,42 @@ def test_the_probe_finds_a_process_no_listing_shows(tmp_path):
     view.getdents_view = view.readdir_view = lambda: {7}  # what the listings show; the tree itself has 42 too
     result = view.run()
     assert result.hidden == {42: ("readdir", "getdents")} and result.probed == (1, 100)
+
+
+def test_the_census_counts_every_task_of_the_real_host_and_misses_one_process_left_out(spawn):
+    """On the real /proc: the threads of every listed process are the kernel's nr_threads (retried: the host
+    may fork meanwhile, which the census must see as a disagreement); leaving one live process out of the
+    listing, as a hiding listing would, never agrees."""
+    child = spawn([sys.executable, "-c", "import threading, time; threading.Thread(target=time.sleep, args=(60,)).start(); time.sleep(60)"])
+    view = CrossView(census=True)
+    for _ in range(50):
+        if view.census_agrees(view.getdents_view()):
+            break
+    else:
+        pytest.fail("the census never agreed with the full listing in 50 tries")
+    assert not any(view.census_agrees(view.getdents_view() - {child.pid}) for _ in range(20))
+
+
+def fake_census(root: Path, listed: dict[int, int], nr_threads: int) -> None:
+    """stat files (``listed``: PID -> its threads), /proc/stat's fork counter and /proc/loadavg's nr_threads."""
+    for pid, threads in listed.items():
+        (root / str(pid) / "stat").write_text(f"{pid} (x) S 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 {threads} 0 100 0 0\n")
+    (root / "stat").write_text("cpu  1 2 3 4\nprocesses 12345\nprocs_running 1\n")
+    (root / "loadavg").write_text(f"0.00 0.01 0.05 1/{nr_threads} 999\n")
+
+
+def test_a_census_that_disagrees_runs_the_probe_and_one_that_agrees_skips_it(tmp_path):
+    """A PID hidden from both listings (a getdents hook) leaves the kernel's count above the listed threads:
+    the probe runs and finds it. With nothing hidden the counts agree and the probe is skipped."""
+    fake_proc(tmp_path, 100, {7: 7, 42: 42})
+    fake_census(tmp_path, {7: 2, 42: 1}, nr_threads=3)
+    view = CrossView(proc_root=str(tmp_path), cgroup_root=str(tmp_path / "no-cgroups"), probe_slice=100, census=True)
+    view.getdents_view = view.readdir_view = lambda: {7}
+    result = view.run()
+    assert result.hidden == {42: ("readdir", "getdents")} and result.probed == (1, 100)
+    view.getdents_view = view.readdir_view = lambda: {7, 42}
+    result = view.run()
+    assert result.hidden == {} and result.probed == (0, 0), "the census agreed: no probe"
 
 
 # --------------------------------------------------------------------------- the detector

@@ -9,7 +9,14 @@ bind-mount an empty directory over ``/proc/PID``. ``CrossView.run`` compares:
 * ``cgroup``: the PIDs in every cgroup's ``cgroup.procs`` (plain reads; directories listed with
   raw ``getdents`` too) of the unified hierarchy, or of the v1 ``pids``/``cpu`` one;
 * a probe: does ``/proc/N`` exist (``faccessat``) for a slice of N up to ``pid_max`` per run (bounded work; the
-  next run goes on where this one stopped), for what no listing shows.
+  next run goes on where this one stopped), for what no listing shows;
+* with ``census``, the kernel's own count of tasks (``nr_threads``, the fourth field of ``/proc/loadavg``)
+  against the threads of the listed processes (``num_threads`` of each ``stat``), taken with the fork
+  counter of ``/proc/stat`` unchanged around it: when they agree, no task exists that a listing lacks
+  and the probe is skipped (a sweep's probe of all of ``pid_max`` costs most of a warm sweep); when they
+  disagree (a task born or gone meanwhile, another PID namespace's /proc, or something hidden), the
+  probe runs. A getdents hook in the kernel does not change ``nr_threads``; one that did could answer
+  the probe's lookups as well.
 
 A PID missing from the ``readdir`` or ``getdents`` listing while another view has it, still
 missing when that listing is taken again after every other view (a process born or gone in
@@ -36,7 +43,7 @@ from dataclasses import dataclass, field
 from agent.collectors import proclist
 from agent.collectors.confined import Refused, open_beneath
 from agent.collectors.procparse import decode
-from agent.collectors.procread import read_bounded, read_once
+from agent.collectors.procread import parse_stat, read_bounded, read_once
 from agent.model import FileSnapshot, Hashes
 
 PROBE_SLICE = 4096  # /proc/N probed per run
@@ -58,7 +65,7 @@ class CrossViewResult:
     mounted: frozenset[int] = frozenset()  # PIDs with a mount on /proc/PID (or below it)
     preloads: tuple[FileSnapshot, ...] = ()  # /etc/ld.so.preload files found (host: container_id "")
     views: dict[str, int] = field(default_factory=dict)  # PIDs per view (the cgroup one absent when unreadable)
-    probed: tuple[int, int] = (0, 0)  # the N probed: [lo, hi)
+    probed: tuple[int, int] = (0, 0)  # the N probed: [lo, hi); (0, 0) when the census agreed
     elapsed: float = 0.0
 
 
@@ -68,10 +75,11 @@ def _digits(names: Iterable[str]) -> set[int]:
 
 class CrossView:
     def __init__(self, proc_root: str = "/proc", cgroup_root: str = "/sys/fs/cgroup", *, probe_slice: int = PROBE_SLICE,
-                 max_cgroups: int = MAX_CGROUPS, clock: Callable[[], float] = time.monotonic) -> None:
+                 max_cgroups: int = MAX_CGROUPS, census: bool = False, clock: Callable[[], float] = time.monotonic) -> None:
         self.proc_root = os.fspath(proc_root)
         self.cgroup_root = os.fspath(cgroup_root)
         self.probe_slice = probe_slice
+        self.census = census
         self.max_cgroups = max_cgroups
         self.clock = clock
         self.cursor = 1  # the next N the probe looks at
@@ -154,6 +162,28 @@ class CrossView:
         finally:
             os.close(dfd)
         return found, (lo, hi)
+
+    def _task_counters(self) -> tuple[int, int] | None:
+        """(tasks ever created: ``processes`` of ``/proc/stat``, tasks now: ``nr_threads`` of ``/proc/loadavg``)."""
+        try:
+            forks = re.search(rb"^processes\s+(\d+)", read_bounded(f"{self.proc_root}/stat", limit=1 << 20), re.MULTILINE)
+            loadavg = read_once(f"{self.proc_root}/loadavg").split()
+            return (int(forks.group(1)), int(loadavg[3].split(b"/")[1])) if forks else None
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def census_agrees(self, pids: Iterable[int]) -> bool:
+        """The threads of ``pids`` are every task the kernel counts, and no task was created meanwhile."""
+        before = self._task_counters()
+        if before is None:
+            return False
+        total = 0
+        for pid in pids:
+            try:
+                total += parse_stat(read_once(f"{self.proc_root}/{pid}/stat")).num_threads
+            except (OSError, ValueError):  # gone (the count moved) or unreadable: no agreement
+                return False
+        return total == before[1] and self._task_counters() == before
 
     def _is_leader(self, pid: int) -> bool:
         """``pid`` is alive and a thread-group leader (``Tgid`` in its status is itself)."""
@@ -239,7 +269,10 @@ class CrossView:
         cg = self.cgroup_view()
         libc1 = self.readdir_view()
         known = raw1 | libc1 | (cg or set())
-        probed, span = self.probe(known)
+        if self.census and known == raw1 and self.census_agrees(raw1):
+            probed, span = set(), (0, 0)  # every task the kernel counts is listed: nothing for the probe to find
+        else:
+            probed, span = self.probe(known)
         everyone = known | probed
         suspects = (everyone - raw1) | (everyone - libc1)
         hidden: dict[int, tuple[str, ...]] = {}
