@@ -52,11 +52,14 @@ def _chunks(lines: list[str]) -> list[tuple[int, str]]:
 
 
 def _search(patterns, chunks: list[tuple[int, str]]):
-    """(pattern, matched text, line number) of each pattern's first match, in pattern order."""
+    """(pattern, matched text, line number) of each pattern's first match, in pattern order.
+
+    One RE2-set pass per chunk (``PatternSet.matching``) says which patterns match in it; only those
+    are searched there, so a file that matches nothing costs one pass per chunk, not one per pattern."""
+    hits = [set(map(id, patterns.matching(chunk))) for _, chunk in chunks]
     for pat in patterns:
-        for first, chunk in chunks:
-            m = pat.regex.search(chunk)
-            if m:
+        for (first, chunk), matched in zip(chunks, hits):
+            if id(pat) in matched and (m := pat.regex.search(chunk)):
                 yield pat, m.group(0), first + chunk.count("\n", 0, m.start())
                 break
 
