@@ -132,6 +132,63 @@ def test_copytruncate_rotation_loses_no_line(tmp_path):
     print(f"copytruncate: {sent} lines, {sink.rewritten} rewritten, {len(got) - sent} repeats")
 
 
+def _copy_then_truncate(path, lines_between, *, cut: int = 0, copy_name: str = ".1"):
+    """logrotate's copytruncate step by step: 10 lines, the copy (its last ``cut`` bytes missing, as when
+    the copy read the end of a line being written), ``lines_between`` more lines (written after the copy,
+    before the truncate), the truncate, then one more line. (sink, ids of the copy, ids of the file)."""
+    sink = FileSink(str(path))
+    for i in range(10):
+        sink.send(record(i))
+    data = path.read_bytes()
+    if copy_name:
+        (path.parent / f"{path.name}{copy_name}").write_bytes(data[:len(data) - cut])
+    for i in range(10, 10 + lines_between):
+        sink.send(record(i))
+    with open(path, "r+b") as f:
+        f.truncate(0)
+    sink.send(record(99))
+    sink.close()
+    copy = path.parent / f"{path.name}{copy_name}"
+    in_copy = ids_in([copy], torn_copies=True) if copy_name else []
+    return sink, in_copy, ids_in([path])
+
+
+def test_copytruncate_rewrites_exactly_what_the_copy_lacks(tmp_path):
+    """The sink finds logrotate's copy beside the file, checks it holds its own lines at their offsets,
+    and writes again only the lines written after the copy: every line once in copy + file, no repeat."""
+    path = tmp_path / "alerts.jsonl"
+    sink, in_copy, in_file = _copy_then_truncate(path, 3)
+    assert in_copy == [f"line-{i:06d}" for i in range(10)]
+    assert in_file == [*(f"line-{i:06d}" for i in range(10, 13)), "line-000099"]
+    assert sink.rewritten == 3 and sink.recovered_by == {"copy": 1, "grace": 0}
+
+
+def test_copytruncate_with_nothing_written_between_copy_and_truncate_rewrites_nothing(tmp_path):
+    path = tmp_path / "alerts.jsonl"
+    sink, in_copy, in_file = _copy_then_truncate(path, 0, copy_name="-20261201")  # dateext names too
+    assert len(in_copy) == 10 and in_file == ["line-000099"]
+    assert sink.rewritten == 0 and sink.recovered_by["copy"] == 1
+
+
+def test_copytruncate_rewrites_the_line_the_copy_cut(tmp_path):
+    """A copy that ends inside a line (it read while the line was written) gets that line whole again."""
+    path = tmp_path / "alerts.jsonl"
+    sink, in_copy, in_file = _copy_then_truncate(path, 2, cut=7)
+    assert in_copy == [f"line-{i:06d}" for i in range(9)]
+    assert in_file == ["line-000009", "line-000010", "line-000011", "line-000099"]
+    assert sink.rewritten == 3
+
+
+def test_copytruncate_without_a_verifiable_copy_falls_back_to_the_grace_window(tmp_path):
+    """No copy beside the file (compressed or moved at once), or one that does not hold our lines: the
+    lines written within copytruncate_grace seconds before the truncation are written again."""
+    path = tmp_path / "alerts.jsonl"
+    (tmp_path / "alerts.jsonl.1").write_bytes(b"not our lines\n" * 200)  # an unrelated file named like a copy
+    sink, _, in_file = _copy_then_truncate(path, 3, copy_name="")
+    assert sink.recovered_by == {"copy": 0, "grace": 1}
+    assert sorted(in_file) == sorted(["line-000099", *(f"line-{i:06d}" for i in range(13))])  # all within grace
+
+
 def test_reopen_while_writing_loses_no_line(tmp_path):
     """reopen() (SIGHUP) from another thread while lines are written keeps every line in the file."""
 
