@@ -127,12 +127,28 @@ def open_parent_beneath(path: str | os.PathLike, root: str | os.PathLike) -> int
     swapped for a symlink after the check raises ``Refused("symlink")`` instead of leading
     out. Other ``OSError`` (``FileNotFoundError``...) is left to the caller. The last
     component of ``path`` is not looked at: the caller opens it relative to the descriptor.
+
+    Most paths (an inotify event's directory under its watched root) lie under ``root`` as
+    written, with no symlink on the way: they are opened at once, component by component,
+    and only a path with a symlink in it (or written outside ``root``) pays for ``realpath``
+    (its lstat of every component was most of the cost of a file event on a busy /tmp).
     """
     real_root = os.path.realpath(root)
-    parent = os.path.realpath(os.path.dirname(os.path.abspath(path)) or "/")
-    if not (parent == real_root or parent.startswith(real_root.rstrip("/") + "/")):
+    parent = os.path.dirname(os.path.abspath(path)) or "/"
+    prefix = real_root.rstrip("/") + "/"
+    if parent == real_root or parent.startswith(prefix):
+        try:
+            return _open_under(real_root, parent[len(prefix):] if parent != real_root else "")
+        except Refused as e:
+            if e.reason != "symlink":
+                raise
+    parent = os.path.realpath(parent)
+    if not (parent == real_root or parent.startswith(prefix)):
         return None
-    rel = os.path.relpath(parent, real_root)
+    return _open_under(real_root, os.path.relpath(parent, real_root))
+
+
+def _open_under(real_root: str, rel: str) -> int:
     root_fd = os.open(real_root, DIR_FLAGS)
     try:
         return open_dir_beneath(root_fd, "" if rel == "." else rel)
