@@ -112,15 +112,24 @@ def region_of(match, layout) -> str:
     return max(rest, key=lambda k: (rest[k], -_WEAK_ORDER.index(k) if k in _WEAK_ORDER else -9)) if rest else best_exec
 
 
-def _read_head(fd: int, limit: int) -> bytes:
-    chunks, left = [], limit
-    while left > 0:
-        chunk = os.read(fd, min(left, 1 << 20))
-        if not chunk:
-            break
-        chunks.append(chunk)
-        left -= len(chunk)
-    return b"".join(chunks)
+def _read_head(fd: int, limit: int, size: int) -> memoryview:
+    """At most ``limit`` bytes from ``fd``, read into one buffer of the file's ``size`` (capped at ``limit``):
+    the file's bytes are in memory once, never as chunks and their join (which doubled the first scan's peak
+    for every executable of 32 MiB or more). A file that grew meanwhile is read on, up to ``limit``."""
+    buf = bytearray(min(max(size, 0), limit))
+    view, at = memoryview(buf), 0
+    while at < len(buf):
+        n = os.readv(fd, [view[at:]])
+        if not n:
+            return view[:at]
+        at += n
+    if at < limit and (more := os.read(fd, min(limit - at, 1 << 16))):  # it grew since the fstat
+        view.release()
+        buf += more
+        while len(buf) < limit and (more := os.read(fd, min(limit - len(buf), 1 << 20))):
+            buf += more
+        return memoryview(buf)
+    return view
 
 
 class _Vanished(OSError):
@@ -181,8 +190,8 @@ class YaraScanner:
                     if key in self._cache:
                         self._cache.move_to_end(key)
                         return self._cache[key]
-                data = _read_head(fd, self.max_bytes)
-                hits = hits_from_matches(self.rules.match(data=data, timeout=self.timeout), "file") if data else ()
+                with _read_head(fd, self.max_bytes, st.st_size) as data:
+                    hits = hits_from_matches(self.rules.match(data=data, timeout=self.timeout), "file") if data else ()
                 whole = st.st_size <= self.max_bytes
                 unchanged = cache_key(os.fstat(fd)) == key
             finally:
