@@ -4,16 +4,18 @@ the msr device and module).
 
 Cost follows activity: every process costs one ``stat`` read. One whose CPU time moved since its last
 sample also gets ``status`` (HugetlbPages, VmRSS, Threads) and ``cgroup`` (its limit: the tightest
-quota of its cgroup and ancestors, read once per cgroup per pass, at most the host's cores), and
+quota of its cgroup and ancestors, at most the host's cores, read once per cgroup every ``LIMIT_PASSES``
+passes: a quota changed by ``docker update`` counts within that many passes, and a container cannot change
+its own), and
 ``maps`` when its RSS or huge pages could hold a RandomX cache. Threads and ``fd`` only for one above
 ``detail_core``, near its limit (``LIMIT_SHARE``) or named in ``detail``. State: the previous reading
-of each pid (pruned to the latest call) and the per-pass limit cache, owned by the caller's thread.
+of each pid (pruned to the latest call) and the limit cache, owned by the caller's thread.
 
 A pid that vanishes mid-read is skipped and counted (``vanished``); a field that cannot be
 read stays empty (``hugetlb_kb=None``) and is counted (``partial``).
 
 Why this module is long: the per-pass cost of behaviour sampling is decided here and nowhere else (which
-process gets which read, and the limit cache shared by processes and container cgroups in one pass).
+process gets which read, and the limit cache shared by processes and container cgroups).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ MAPS_LIMIT = 8 << 20
 MAPS_MIN_KB = 200 << 10  # a light read looks at maps only with this much RSS or huge pages (a RandomX cache)
 LIMIT_SHARE = 0.75  # a process using this share of its CPU limit gets the full detailed read
 MAX_CGROUP_DEPTH = 16
+LIMIT_PASSES = 6  # cgroup CPU limits are read again every this many passes (``sample`` calls)
 NCPU = os.cpu_count() or 1
 _SMALL = 1 << 16  # status, cpu.stat: a few KiB
 _VANISHED = (errno.ENOENT, errno.ESRCH)
@@ -120,11 +123,13 @@ class CpuSampler:
     def __init__(self, proc_root: Path = Path("/proc"), sys_root: Path = Path("/sys"), *, detail_core: float = 0.5,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.proc_root, self.sys_root = Path(proc_root), Path(sys_root)
+        self._cgroup_fs = f"{self.sys_root}/fs/cgroup"
+        self._passes = 0
         self.detail_core = detail_core
         self._clock = clock
         self._prev: dict[int, _Prev] = {}
         self._cgroup_layout: tuple[tuple[str, str], ...] | None = None
-        self._limits: dict[tuple[str, str], float | None] = {}  # (kind, cgroup path) -> cores; one pass
+        self._limits: dict[tuple[str, str], float | None] = {}  # (kind, cgroup path) -> cores; LIMIT_PASSES
         self.vanished = 0  # pids gone before or during their read
         self.denied = 0  # pids whose stat could not be read for another reason
         self.partial = 0  # detail fields that could not be read
@@ -134,7 +139,10 @@ class CpuSampler:
 
     def sample(self, pids: Iterable[int], detail: Collection[int] = ()) -> list[ProcessCpuSample]:
         """One sample per live pid; busy ones (and those in ``detail``) with threads and artefacts."""
-        out, prev, self._prev, self._limits = [], self._prev, {}, {}
+        out, prev, self._prev = [], self._prev, {}
+        self._passes += 1
+        if self._passes % LIMIT_PASSES == 0:
+            self._limits = {}
         for pid in pids:
             s = self._sample_one(pid, prev.get(pid), pid in detail)
             if s is not None:
@@ -252,10 +260,10 @@ class CpuSampler:
         for depth in range(min(len(parts), MAX_CGROUP_DEPTH), 0, -1):
             rel = "/".join(parts[:depth])
             for sub in subs:
-                base = self.sys_root / "fs/cgroup" / sub / rel
+                base = f"{self._cgroup_fs}/{sub}/{rel}" if sub else f"{self._cgroup_fs}/{rel}"
                 try:
-                    q = (parse_quota(kind, read_once(base / "cpu.cfs_quota_us"), read_once(base / "cpu.cfs_period_us"))
-                         if kind == "v1" else parse_quota(kind, read_once(base / "cpu.max")))
+                    q = (parse_quota(kind, read_once(f"{base}/cpu.cfs_quota_us"), read_once(f"{base}/cpu.cfs_period_us"))
+                         if kind == "v1" else parse_quota(kind, read_once(f"{base}/cpu.max")))
                 except (OSError, ValueError):
                     continue
                 if q is not None:
@@ -323,11 +331,12 @@ class CpuSampler:
         if ".." in path.split("/"):
             return None
         for sub, kind in self._layout():
-            base = self.sys_root / "fs/cgroup" / sub / path.lstrip("/")
+            rel = path.lstrip("/")
+            base = f"{self._cgroup_fs}/{sub}/{rel}" if sub else f"{self._cgroup_fs}/{rel}"
             try:
                 if kind == "v1":
-                    return read_int(base / "cpuacct.usage") / 1e9
-                return parse_cpu_stat_usec(read_bounded(base / "cpu.stat", limit=_SMALL)) / 1e6
+                    return read_int(f"{base}/cpuacct.usage") / 1e9
+                return parse_cpu_stat_usec(read_bounded(f"{base}/cpu.stat", limit=_SMALL)) / 1e6
             except (OSError, ValueError):  # not this layout (or the cgroup is gone): try the next
                 continue
         return None
