@@ -1,6 +1,6 @@
 """``minerwatch scan`` against ``yara -r`` (same compiled rules) and ``sha256sum`` on the same files, in one run.
 
-    python3 bench/scan.py [--size-mib 300] [--repeat 5] [--keep DIR]
+    python3 bench/scan.py [--size-mib 300] [--repeat 5] [--keep DIR] [--baseline REV | --no-baseline]
 
 Generates a tree of mixed files under /tmp (random binaries from 4 KiB to 16 MiB, text and JSON
 files, a few hundred small files, and a real miner-like binary from tests/helpers/build.py), warms
@@ -12,6 +12,10 @@ SHA-1 and MD5 of every file from one read, YARA over it, scripts and configs thr
 run back to back, on wall time (the acceptance: at least 0.8) and on CPU time (steadier when the host
 is shared). Then one in-process pass prints where minerwatch's CPU goes (startup, read, the three
 digests, YARA, text; the walk and the judge on the main thread).
+
+The baseline revision's ``minerwatch scan`` (``--baseline REV``, default 9b02505: ed345f9, the other
+benchmarks' default, has no ``scan``) runs in the same rounds from its cached worktree
+(``bench/baseline.py``), so this checkout's figures print beside it.
 
 minerwatch runs with its bytecode compiled (a pycache under the bench's work directory), as an
 installed agent does; ``PYTHONDONTWRITEBYTECODE`` would otherwise make every run compile the sources
@@ -34,6 +38,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from bench import baseline
+
+SCAN_BASELINE = "9b02505"  # the first revision with this scan pipeline measured (the session before)
 
 _RUNNER = ("import sys; from agent.cli import main as m; from agent.cli.scan_cmd import scan; "
            "m.cli.commands.setdefault('scan', scan); m.main(sys.argv[1:])")
@@ -98,7 +106,7 @@ def timed(argv: list[str], **kw) -> tuple[float, float, subprocess.CompletedProc
     """(wall seconds, CPU seconds: user + sys of the child and its threads, the finished process)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+    proc = subprocess.run(argv, capture_output=True, check=False, **kw)
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), proc
@@ -136,7 +144,10 @@ def main() -> int:
     ap.add_argument("--size-mib", type=int, default=300)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--keep", type=Path, default=None, help="generate into DIR and leave it there")
+    baseline.add_arguments(ap)
+    ap.set_defaults(baseline=SCAN_BASELINE)
     args = ap.parse_args()
+    old_tree, new_tree = baseline.trees_from_args(args)
     yara_cmd = ensure_yara()
     work = args.keep or Path(tempfile.mkdtemp(prefix="minerwatch-bench-scan-"))
     try:
@@ -150,21 +161,29 @@ def main() -> int:
             with open(path, "rb") as fh:
                 while fh.read(1 << 20):
                     pass
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-        env.update(PYTHONPATH=str(REPO), PYTHONPYCACHEPREFIX=str(work / "pycache"))
+        base_env = {k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "PYTHONPATH")}
+        base_env["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
+        env = new_tree.env(base_env)
+        runs = {"minerwatch": (new_tree, env)}
+        if old_tree is not None:
+            runs["baseline"] = (old_tree, old_tree.env(base_env))
         empty = work / "empty"
         empty.mkdir(exist_ok=True)
-        timed([sys.executable, "-c", _RUNNER, "scan", str(empty), "--json"], env=env, cwd=REPO)  # compiles bytecode
-        wall = {"minerwatch": float("inf"), "yara": float("inf"), "sha256sum": float("inf")}
+        for tree, tree_env in runs.values():  # compiles bytecode
+            timed([sys.executable, "-c", _RUNNER, "scan", str(empty), "--json"], env=tree_env, cwd=tree.root)
+        wall = {key: float("inf") for key in (*runs, "yara", "sha256sum")}
         cpu = dict(wall)
         for _ in range(args.repeat):
-            t, c, proc = timed([sys.executable, "-c", _RUNNER, "scan", str(top), "--json"], env=env, cwd=REPO)
-            if proc.returncode != 1:
-                raise SystemExit(f"minerwatch scan exit {proc.returncode}: {proc.stderr.decode()[-2000:]}")
-            found = json.loads(proc.stdout)
-            if not any(a["file"]["path"].endswith("/bin/kworker") for a in found):
-                raise SystemExit("minerwatch scan missed the miner binary")
-            wall["minerwatch"], cpu["minerwatch"] = min(wall["minerwatch"], t), min(cpu["minerwatch"], c)
+            for key, (tree, tree_env) in runs.items():
+                t, c, proc = timed([sys.executable, "-c", _RUNNER, "scan", str(top), "--json"], env=tree_env,
+                                   cwd=tree.root)
+                if proc.returncode != 1:
+                    raise SystemExit(f"{tree.label}: minerwatch scan exit {proc.returncode}: "
+                                     f"{proc.stderr.decode()[-2000:]}")
+                found = json.loads(proc.stdout)
+                if not any(a["file"]["path"].endswith("/bin/kworker") for a in found):
+                    raise SystemExit(f"{tree.label}: minerwatch scan missed the miner binary")
+                wall[key], cpu[key] = min(wall[key], t), min(cpu[key], c)
             t, c, proc = timed([yara_cmd, "-r", "-d", "mw_memory_scan=false", *rules, str(top)])
             if proc.returncode != 0 or b"kworker" not in proc.stdout:
                 raise SystemExit(f"yara -r failed or missed the miner: {proc.stderr.decode()[-2000:]}")
@@ -178,13 +197,19 @@ def main() -> int:
         print(f"{len(files)} files, {mb:.0f} MB (page cache warm), best of {args.repeat}, "
               f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; "
               f"yara rules: the bundle's {len(rules)} active files")
-        print(f"{'tool':<40} {'wall s':>7} {'MB/s':>6} {'CPU s':>7} {'MB/CPU s':>8}")
-        for key, label in (("minerwatch", "minerwatch scan (sha256+sha1+md5+YARA)"), ("yara", "yara -r"),
-                           ("sha256sum", "sha256sum"), ("both", "yara -r + sha256sum, back to back")):
-            print(f"{label:<40} {wall[key]:7.2f} {mb / wall[key]:6.0f} {cpu[key]:7.2f} {mb / cpu[key]:8.0f}")
-        ratio, cpu_ratio = wall["both"] / wall["minerwatch"], cpu["both"] / cpu["minerwatch"]
-        print(f"ratio minerwatch / (yara -r + sha256sum): wall {ratio:.2f} "
-              f"(acceptance >= 0.8: {'ok' if ratio >= 0.8 else 'NOT MET'}), CPU {cpu_ratio:.2f}")
+        print(f"{'tool':<44} {'wall s':>7} {'MB/s':>6} {'CPU s':>7} {'MB/CPU s':>8}")
+        rows = [("minerwatch", f"minerwatch scan {new_tree.label} (3 digests+YARA)")]
+        if old_tree is not None:
+            rows.append(("baseline", f"minerwatch scan {old_tree.label} (baseline)"))
+        rows += [("yara", "yara -r"), ("sha256sum", "sha256sum"), ("both", "yara -r + sha256sum, back to back")]
+        for key, label in rows:
+            print(f"{label:<44} {wall[key]:7.2f} {mb / wall[key]:6.0f} {cpu[key]:7.2f} {mb / cpu[key]:8.0f}")
+        for key, _ in rows[:len(runs)]:
+            ratio, cpu_ratio = wall["both"] / wall[key], cpu["both"] / cpu[key]
+            tree = runs[key][0]
+            print(f"ratio (yara -r + sha256sum) / minerwatch {tree.label}: wall {ratio:.3f} "
+                  f"(acceptance >= 0.8: {'ok' if ratio >= 0.8 else 'NOT MET'}), CPU {cpu_ratio:.3f} "
+                  f"({'ok' if cpu_ratio >= 0.8 else 'NOT MET'})")
         stages(top, empty, env, mb)
         return 0
     finally:
