@@ -161,3 +161,23 @@ def test_signature_texts_never_match_as_files(rules, name):
     path = Path(load_bundle().directory) / name
     assert YaraScanner(rules).scan_file(str(path)) == ()
     assert rules.match(str(path)) == []
+
+
+def test_the_scanned_memory_is_held_by_the_helper_not_by_the_scanner(rules, spawn, helper_bins):
+    """A scan reading tens of MiB of a process's memory finds the miner while the scanning process allocates
+    next to nothing: the helper joins the regions and matches them (the buffer was the daemon's peak)."""
+    import tracemalloc
+
+    pid = _fakeminer_plain(spawn, helper_bins, alloc_mb=48)
+    scanner = YaraScanner(rules)
+    _scan_until_hit(scanner, pid, "MW_XMRig_Memory")  # the strings are in the heap now
+    tracemalloc.start()
+    try:
+        hits = {h.rule for h in scanner.scan_memory(pid)}
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    read = scanner.memory_stats()["bytes"] / scanner.memory_stats()["scans"]
+    assert "MW_XMRig_Memory" in hits
+    assert read > 16 * MIB, read  # the scan read that much of the process...
+    assert peak < 2 * MIB, peak  # ...and none of it was here

@@ -15,7 +15,15 @@ worker) and anything that is not a regular file (a device) is skipped.
 
 Output on stdout: a JSON header line (``size`` and the plan's counts), ``size`` bytes (the
 regions, each after ``GAP`` zero bytes), a JSON trailer line (bytes read, unreadable pages).
+With ``--yara YARA_DIR EXTERNAL TIMEOUT`` the helper also matches: it reads saved YARA rules (the
+agent's own, ``Rules.save`` bytes) from stdin, imports ``yara`` from ``YARA_DIR``, joins the regions
+into one buffer here and matches it once with ``EXTERNAL`` set true, and writes one JSON line of
+matches (rule, namespace, meta, each string's first ``MAX_INSTANCES`` offsets) in place of the bytes:
+the buffer (up to ``total_bytes``) lives only in this short-lived process, never in the daemon.
 Exit status 3: the PID names no process (or another one); 4: another error (on stderr).
+
+Why this module is long: it runs alone, as a script with the standard library only, so the plan, the
+mount and device checks, the reads and the helper's matching cannot be split into modules of ours.
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ _SKIP_NAMES = ("[vvar", "[vsyscall]", "[vdso]", "[uprobes]")
 # Read-only mappings of these files are the installed packages' bytes: not read.
 _SYSTEM_DIRS = ("/lib/", "/lib32/", "/lib64/", "/usr/lib/", "/usr/lib32/", "/usr/lib64/", "/usr/share/")
 _DEV_ZERO = os.makedev(1, 5)  # a private /dev/zero mapping is anonymous memory
+MAX_INSTANCES = 64  # offsets kept per matched string (where a hit lies: yarascan.region_of)
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,8 +292,28 @@ def _read(path: str) -> str:
         return f.read()
 
 
+def _load_rules(yara_dir: str):
+    """The rules the agent wrote on stdin, with ``yara`` imported from ``yara_dir`` (this runs with -I -S)."""
+    import io
+
+    data = sys.stdin.buffer.read()
+    sys.path.insert(0, yara_dir)
+    import yara
+
+    return yara, yara.load(file=io.BytesIO(data))
+
+
+def _match_json(match) -> dict:
+    return {"rule": match.rule, "namespace": match.namespace, "meta": dict(match.meta),
+            "strings": [[inst.offset for inst in list(s.instances)[:MAX_INSTANCES]] for s in match.strings]}
+
+
 def main(argv: list[str]) -> int:
-    """``memread.py PROC_ROOT PID REGION_BYTES HEAD_BYTES TOTAL_BYTES UNSAFE,FS,TYPES``"""
+    """``memread.py PROC_ROOT PID REGION_BYTES HEAD_BYTES TOTAL_BYTES UNSAFE,FS,TYPES [--yara DIR EXTERNAL TIMEOUT]``"""
+    matcher = None
+    if len(argv) >= 10 and argv[6] == "--yara":
+        yara, rules = _load_rules(argv[7])
+        matcher = (yara, rules, argv[8], int(argv[9]))
     proc_root, pid = argv[0], int(argv[1])
     limits = MemoryLimits(int(argv[2]), int(argv[3]), int(argv[4]),
                           unsafe_fs=tuple(t for t in argv[5].split(",") if t))
@@ -323,13 +352,27 @@ def main(argv: list[str]) -> int:
                               "regions_device": check.devices,
                               "layout": [[r.length, r.kind] for r in regions]}).encode() + b"\n")
         read = bad = 0
-        gap = bytes(GAP)
-        for region in regions:
-            buf = bytearray(region.length)
-            got, unreadable = read_region(fd, memoryview(buf), region.start)
-            read, bad = read + got, bad + unreadable
-            out.write(gap)
-            out.write(buf)
+        if matcher is not None:
+            yara, rules, external, timeout = matcher
+            whole = bytearray(size)  # zero-filled: each region after GAP zero bytes
+            view, at = memoryview(whole), 0
+            for region in regions:
+                at += GAP
+                got, unreadable = read_region(fd, view[at:at + region.length], region.start)
+                read, bad, at = read + got, bad + unreadable, at + region.length
+            try:
+                matches = rules.match(data=whole, externals={external: True}, timeout=timeout)
+            except yara.Error as exc:
+                raise OSError(errno.EIO, f"yara: {exc}") from None
+            out.write(json.dumps([_match_json(m) for m in matches]).encode() + b"\n")
+        else:
+            gap = bytes(GAP)
+            for region in regions:
+                buf = bytearray(region.length)
+                got, unreadable = read_region(fd, memoryview(buf), region.start)
+                read, bad = read + got, bad + unreadable
+                out.write(gap)
+                out.write(buf)
         out.write(json.dumps({"bytes": read, "unreadable_pages": bad}).encode() + b"\n")
         out.flush()
     except OSError as exc:

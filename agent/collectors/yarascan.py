@@ -14,10 +14,15 @@ buffer: data, not strings) gives only its head, and one scan reads at most
 is matched once with the external ``mw_memory_scan`` set, so "N of them" counts strings
 across regions as a whole-process scan would.
 
-A memory scan never blocks the worker: the plan and the reads happen in a helper process
-(``agent.collectors.memread``), which skips mappings on FUSE and network file systems and
-device mappings, and is killed when it misses ``MemoryLimits.deadline_s``: counted
-(``memory_stats()["timeouts"]``), logged, and that process is not memory-scanned again.
+A memory scan never blocks the worker: the plan, the reads and the match happen in a helper
+process (``agent.collectors.memread --yara``, handed the rules in use as ``Rules.save`` bytes),
+which skips mappings on FUSE and network file systems and device mappings, and is killed when
+it misses ``MemoryLimits.deadline_s``: counted (``memory_stats()["timeouts"]``), logged, and that
+process is not memory-scanned again. The joined buffer (up to ``total_bytes``) is only ever in
+the helper: the daemon gets the matches (rule, meta, offsets), so its peak does not grow with it.
+
+Why this module is long: file and memory scans share the rules, the verdict cache, the counters
+and their lock, and the helper's output is read here, under its deadline.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import errno
+import io
 import json
 import os
 import selectors
@@ -155,6 +161,7 @@ class YaraScanner:
              "regions_device", "unreadable_pages", "errors", "timeouts", "skipped_timed_out", "skipped_stuck"), 0)
         self._stuck: list[subprocess.Popen] = []  # killed helpers the kernel has not let go yet
         self._timed_out: OrderedDict[tuple[int, int], None] = OrderedDict()  # (pid, start ticks)
+        self._saved: tuple[object, bytes] = (None, b"")  # (rules, their Rules.save bytes) for the helper
 
     def scan_process_exe(self, proc_root: str, pid: int) -> tuple[YaraHit, ...]:
         """YARA hits for a process's executable, read through the ``/proc/PID/exe`` magic link."""
@@ -217,9 +224,9 @@ class YaraScanner:
         if self.rules is None:
             return ()
         try:
-            data, counts = self._read_memory(pid)
+            found, counts = self._read_memory(pid)
             layout = counts.pop("layout", [])
-            matches = self.rules.match(data=data, externals={YARA_MEMORY_EXTERNAL: True}, timeout=self.timeout)
+            matches = [_HelperMatch(m) for m in found]
             hits = tuple(dataclasses.replace(hit, region=region_of(m, layout))
                          for hit, m in zip(hits_from_matches(matches, "memory"), matches))
         except _Skipped as exc:  # counted where it happened; the worker goes on
@@ -242,12 +249,22 @@ class YaraScanner:
         with self._lock:
             return dict(self._memory)
 
-    def _read_memory(self, pid: int) -> tuple[bytearray, dict[str, int]]:
-        """The chosen regions of ``pid``'s memory joined into one buffer, and what it took.
+    def _saved_rules(self) -> bytes:
+        """The rules in use as ``Rules.save`` bytes (what the memory-scan helper loads), made once per rules."""
+        with self._lock:
+            if self._saved[0] is not self.rules:
+                buf = io.BytesIO()
+                self.rules.save(file=buf)
+                self._saved = (self.rules, buf.getvalue())
+            return self._saved[1]
 
-        Read by a helper process (``memread``) under ``memory_limits.deadline_s``: one that
-        does not finish in time is killed, counted (``timeouts``) and logged, and that process
-        is not scanned again; a helper the kernel will not let die yet is reaped later.
+    def _read_memory(self, pid: int) -> tuple[list[dict], dict[str, int]]:
+        """YARA matches over the chosen regions of ``pid``'s memory (as the helper's JSON), and what it took.
+
+        Read and matched by a helper process (``memread --yara``, given our rules on stdin) under
+        ``memory_limits.deadline_s``, so the joined regions (up to ``total_bytes``) are never in the
+        daemon's memory: one that does not finish in time is killed, counted (``timeouts``) and logged,
+        and that process is not scanned again; a helper the kernel will not let die yet is reaped later.
         """
         born = parse_stat(read_once(f"{self.proc_root}/{pid}/stat")).start_ticks
         with self._lock:
@@ -259,10 +276,17 @@ class YaraScanner:
             raise _Skipped(errno.EBUSY, "timed out before" if timed_out else f"{stuck} helpers still stuck")
         limits = self.memory_limits
         argv = [sys.executable, "-I", "-S", memread.__file__, self.proc_root, str(pid), str(limits.region_bytes),
-                str(limits.head_bytes), str(limits.total_bytes), ",".join(limits.unsafe_fs)]
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                str(limits.head_bytes), str(limits.total_bytes), ",".join(limits.unsafe_fs),
+                "--yara", os.path.dirname(yara.__file__), YARA_MEMORY_EXTERNAL, str(self.timeout)]
+        saved = self._saved_rules()
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 close_fds=True)
         try:
+            try:  # read first thing by the helper, before it touches the process
+                proc.stdin.write(saved)
+                proc.stdin.close()
+            except BrokenPipeError:  # it died already: its stderr says why
+                pass
             out = _collect(proc, limits.deadline_s)
         except TimeoutError:
             proc.kill()
@@ -293,12 +317,34 @@ class _Skipped(OSError):
     """The memory scan was not done (timed out now or before, too many stuck helpers): counted apart."""
 
 
-def _collect(proc: subprocess.Popen, deadline_s: float) -> tuple[bytearray, dict[str, int]]:
-    """Read a memread helper's output (see its docstring) within ``deadline_s``; ``TimeoutError`` past it."""
+class _HelperMatch:
+    """A match as the helper wrote it, with the attributes ``hits_from_matches`` and ``region_of`` read."""
+
+    class _At:
+        __slots__ = ("offset",)
+
+        def __init__(self, offset: int) -> None:
+            self.offset = offset
+
+    class _String:
+        __slots__ = ("instances",)
+
+        def __init__(self, offsets) -> None:
+            self.instances = [_HelperMatch._At(int(o)) for o in offsets]
+
+    def __init__(self, found: dict) -> None:
+        self.rule = str(found["rule"])
+        self.namespace = str(found.get("namespace", ""))
+        self.meta = dict(found.get("meta") or {})
+        self.strings = [self._String(offsets) for offsets in found.get("strings", ())]
+
+
+def _collect(proc: subprocess.Popen, deadline_s: float) -> tuple[list[dict], dict[str, int]]:
+    """Read a ``memread --yara`` helper's three lines (header, matches, trailer) within ``deadline_s``;
+    ``TimeoutError`` past it. Its output is small: counts, the layout and the matches."""
     end = time.monotonic() + deadline_s
     out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
-    head, data, tail, err = bytearray(), None, bytearray(), bytearray()
-    at, open_fds = 0, {out_fd, err_fd}
+    out, err, open_fds = bytearray(), bytearray(), {out_fd, err_fd}
     with selectors.DefaultSelector() as sel:
         for fd in open_fds:
             sel.register(fd, selectors.EVENT_READ)
@@ -307,35 +353,23 @@ def _collect(proc: subprocess.Popen, deadline_s: float) -> tuple[bytearray, dict
             if left <= 0:
                 raise TimeoutError
             for key, _ in sel.select(left):
-                fd = key.fd
-                if fd == err_fd:
-                    chunk = os.read(fd, 4096)
+                chunk = os.read(key.fd, 1 << 16)
+                if key.fd == err_fd:
                     err += chunk[:4096 - len(err)]
-                elif data is None:
-                    chunk = os.read(fd, 4096)
-                    head += chunk
-                    if b"\n" in head:
-                        line, _, rest = bytes(head).partition(b"\n")
-                        info = json.loads(line)
-                        data = bytearray(info["size"])
-                        n = min(len(rest), len(data))
-                        data[:n], at = rest[:n], n
-                        tail += rest[n:]
-                elif at < len(data):
-                    n = os.readv(fd, [memoryview(data)[at:]])
-                    at += n
-                    chunk = b"." * bool(n)
-                else:
-                    chunk = os.read(fd, 4096)
-                    tail += chunk
+                elif len(out) < _HELPER_OUTPUT_MAX:
+                    out += chunk
                 if not chunk:
-                    sel.unregister(fd)
-                    open_fds.discard(fd)
+                    sel.unregister(key.fd)
+                    open_fds.discard(key.fd)
         code = proc.wait(max(end - time.monotonic(), 0.001))  # output ended: it is exiting
-    if code != 0 or data is None or at < len(data) or b"\n" not in tail:
+    lines = bytes(out).split(b"\n")
+    if code != 0 or len(lines) < 4:
         num, _, msg = err.decode("utf-8", "replace").partition(":")
         err_no = int(num) if num.isdigit() else errno.EIO
         raise _Vanished(err_no, msg.strip()) if code == 3 else OSError(err_no, msg.strip() or f"memread exit {code}")
-    counts = {k: v for k, v in info.items() if k != "size"}
-    counts.update(json.loads(bytes(tail).partition(b"\n")[0]))
-    return data, counts
+    counts = {k: v for k, v in json.loads(lines[0]).items() if k != "size"}
+    counts.update(json.loads(lines[2]))
+    return json.loads(lines[1]), counts
+
+
+_HELPER_OUTPUT_MAX = 16 << 20  # of JSON from one helper (a rule matching everywhere: 64 offsets a string)
