@@ -14,7 +14,13 @@ from __future__ import annotations
 from agent.detectors.base import Context
 from agent.detectors.pool_urls import cmdline_urls, parse_endpoint
 from agent.model import Evidence, FileSnapshot
-from agent.signatures import MAX_MATCH_PART, MAX_MATCH_TEXT, clip_items, clip_middle, compile_signature_regex
+from agent.signatures import (
+    MAX_MATCH_PART,
+    MAX_MATCH_TEXT,
+    clip_items,
+    clip_middle,
+    compile_signature_regex,
+)
 
 ID = "file_text"
 VERSION = 1
