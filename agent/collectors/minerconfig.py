@@ -23,12 +23,18 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import hashlib
 import os
 import posixpath
 from collections.abc import Sequence
 
 from agent.collectors.confined import DIR_FLAGS, Refused, open_dir_beneath, open_regular
-from agent.collectors.minerconfig_parse import STRONG_KEYS, WEAK_KEYS, parse_miner_config, strip_jsonc  # noqa: F401
+from agent.collectors.minerconfig_parse import (  # noqa: F401
+    STRONG_KEYS,
+    WEAK_KEYS,
+    parse_miner_config,
+    strip_jsonc,
+)
 from agent.miner_args import config_args
 from agent.model import MinerConfig
 
@@ -36,6 +42,20 @@ CONFIG_NAMES = ("config.json", "xmrig.json", ".xmrig.json", "config.jsonc")
 HOME_CONFIGS = (".xmrig.json", ".config/xmrig.json")  # beneath $HOME, in XMRig's order
 MAX_CONFIG_BYTES = 1 << 20
 _ABSENT_MAX = 20_000
+_PARSED_MAX = 256
+# A memo of the pure parse (the same bytes shown under the same name always parse the same): a suspicious
+# process is read whole every pass, and parsing its JSONC config in Python was most of that read. Keyed
+# by a digest, so no config text is kept; cleared when full. Dict operations are atomic under the GIL.
+_parsed: dict[tuple[bytes, str], MinerConfig | None] = {}
+
+
+def _parse(data: bytes, shown: str) -> MinerConfig | None:
+    key = (hashlib.blake2b(data, digest_size=16).digest(), shown)
+    if key not in _parsed:
+        if len(_parsed) >= _PARSED_MAX:
+            _parsed.clear()
+        _parsed[key] = parse_miner_config(data, shown)
+    return _parsed[key]
 
 # --------------------------------------------------------------------------- where to look
 
@@ -199,7 +219,7 @@ def find_miner_config(proc_root, pid: int, cmdline: Sequence[str], cwd: str, exe
             except (Refused, NotADirectoryError):
                 continue
             shown = path if base == "root" else posixpath.join(cwd or ".", path)
-            found = parse_miner_config(data, shown)
+            found = _parse(data, shown)
             if found is not None:
                 origin = ("explicit" if (base, path) in explicit else "home" if (base, path) in homes
                           else "cwd" if base == "cwd" else "exe-dir")
