@@ -11,13 +11,19 @@ prefix=${MINERWATCH_PREFIX:-/opt/minerwatch}
 etc=${MINERWATCH_ETC:-/etc/minerwatch}
 link=${MINERWATCH_LINK:-/usr/local/bin/minerwatch}
 if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
+    # Only what a venv needs: no compiler on a production host (every dependency has wheels for
+    # amd64 and arm64; python3-pip's recommends would bring build-essential).
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq python3 python3-venv python3-pip >/dev/null
+    apt-get install -y -qq --no-install-recommends python3 python3-venv >/dev/null
 fi
 [ -x "$prefix/bin/python" ] || python3 -m venv "$prefix"
 "$prefix/bin/pip" install -q --upgrade pip >/dev/null
-"$prefix/bin/pip" install -q .
+if ! "$prefix/bin/pip" install -q .; then
+    echo "install.sh: pip install failed; if a dependency had to be built from source here, install" \
+         "build-essential and python3-dev and run it again" >&2
+    exit 1
+fi
 ln -sf "$prefix/bin/minerwatch" "$link"
 if [ -e "$etc/config.toml" ]; then
     echo "kept $etc/config.toml (check it with: minerwatch config check --config $etc/config.toml)"
