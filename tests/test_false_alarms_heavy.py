@@ -426,7 +426,10 @@ def test_heavy_benign_workloads_stay_below_medium_for_90s(hugepages, built, heav
             return by_container[cid]
         return pids.get(a.get("process", {}).get("pid"), "")
 
-    started = time.monotonic()
+    def usage() -> dict[str, float]:  # seconds of CPU each container has used
+        return {w: c.stats(stream=False)["cpu_stats"]["cpu_usage"]["total_usage"] / 1e9 for w, c in boxes.items()}
+
+    started, used0 = time.monotonic(), usage()
     while time.monotonic() - started < WATCH_S:
         for pid, sid in _sessions_pids(set(sids)).items():
             pids.setdefault(pid, sids[sid])
@@ -453,7 +456,10 @@ def test_heavy_benign_workloads_stay_below_medium_for_90s(hugepages, built, heav
     for a in alerts:
         if judged(a):
             seen.setdefault(judged(a), []).extend(e["detail"] for e in a["minerwatch"]["evidence"])
+    used1, span = usage(), time.monotonic() - started
     report = "\n".join(f"  {w}: {' | '.join(dict.fromkeys(ds))[:700]}" for w, ds in sorted(seen.items()))
+    report += "\n  containers' CPU over the watch (cores): " + ", ".join(
+        f"{w} {(used1[w] - used0[w]) / span:.2f}" for w in boxes)
     print(f"\nwhat the agent said about the heavy workloads (all below medium):\n{report}")
     sustained = [w for w, ds in seen.items() if any(d.startswith("sustained flat CPU") for d in ds)]
     sized = [w for w, ds in seen.items() if any("the size of a RandomX" in d for d in ds)]
