@@ -11,6 +11,10 @@ through its queue (``FileScanned``, ``MemoryScanned``): judging stays with the w
 This thread owns the file inspector (its debounce memory) and its own YARA scanner over the
 same compiled rules (yara-python matches release the GIL and are safe across threads). A
 reload hands it new rules through its queue (``UseRules``), in order with everything else.
+
+When its queue runs dry after a burst (the first scan of the watched paths, a directory copied in),
+it gives the heap it freed back to the kernel (``daemon/memory.trim``) instead of leaving that until
+the main thread's next periodic trim: the burst's buffers were the daemon's resident memory otherwise.
 """
 
 from __future__ import annotations
@@ -22,12 +26,14 @@ from dataclasses import dataclass
 
 import structlog
 
+from agent.daemon import memory
 from agent.events import EventQueue, FileEvent, FileScanned, MemoryScan, MemoryScanned
 
 log = structlog.get_logger("minerwatch.bulk")
 
 RESULT_WAIT_S = 5.0  # how long a result may wait for room in the worker's queue
 BUDGET_S = 10.0  # one file (hashes and YARA of up to max_file_mb) or one memory scan should take less
+TRIM_AFTER = 32  # items handled since the last trim that make an idle moment worth a malloc_trim
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +51,7 @@ class BulkLane:
         self.files = files
         self.yara = yara
         self.counts: Counter[str] = Counter()
+        self._since_trim = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self.run, name="bulk", daemon=True)
 
@@ -66,7 +73,11 @@ class BulkLane:
         while not self._stop.is_set():
             item = self.inbox.get(timeout=0.5)
             if item is None:
+                if self._since_trim >= TRIM_AFTER:  # a burst ended: its buffers go back to the kernel
+                    self._since_trim = 0
+                    memory.trim()
                 continue
+            self._since_trim += 1
             started = time.monotonic()
             try:
                 self.handle(item)
