@@ -117,6 +117,18 @@ def test_parse_never_raises(junk, prefix_event):
     assert isinstance(parse_messages(nlmsg(prefix_event)), list)
 
 
+@settings(max_examples=600, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 63), st.integers(0, 255)), max_size=6), st.integers(-8, 8))
+def test_lone_exec_fast_path_answers_like_the_general_walk(edits, cut):
+    """The one-unpack path for a datagram holding one exec event gives what the general walk gives, for
+    that datagram with any bytes changed and cut short or lengthened (a length, type, id, size off by any)."""
+    raw = bytearray(exec_msg(4242, 4241, ts=77))
+    for pos, value in edits:
+        raw[pos % len(raw)] = value
+    raw = raw[:len(raw) + cut] if cut < 0 else raw + bytes(cut)
+    assert parse_messages(bytes(raw)) == cn._walk(bytes(raw))
+
+
 # ------------------------------------------------------------------ the reader, scripted socket
 
 
@@ -158,15 +170,16 @@ class ScriptedSocket:
     def settimeout(self, t):
         self.timeout = t
 
-    def recvfrom(self, size):
+    def recvfrom_into(self, buf):
         try:
-            item = self.inbox.get(timeout=self.timeout)
+            item = self.inbox.get(timeout=self.timeout) if self.timeout != 0 else self.inbox.get_nowait()
         except queue.Empty:
-            raise TimeoutError("timed out") from None
+            raise (TimeoutError("timed out") if self.timeout else BlockingIOError(errno.EAGAIN, "again")) from None
         if isinstance(item, OSError):
             raise item
         data, portid = item if isinstance(item, tuple) else (item, 0)
-        return data, (portid, 1)
+        buf[:len(data)] = data
+        return len(data), (portid, 1)
 
     def close(self):
         self.closed = True
@@ -201,7 +214,7 @@ def test_scripted_handshake_delivery_and_stop():
     assert wait_for(lambda: conn.stats()["events"] == 3)
     assert events.get(timeout=1) == ExecEvent(100, 100, 123456789) and events.qsize() == 0
     assert conn.stop() and sock.closed and sock.sent[-1][0] == cn.PROC_CN_MCAST_IGNORE
-    assert conn.stats() == dict.fromkeys(pc.COUNTERS, 0) | {"events": 3, "exec": 2, "own": 1, "delivered": 1}
+    assert conn.stats() == dict.fromkeys(pc.COUNTERS, 0) | {"events": 3, "exec": 2, "own": 1, "delivered": 1, "batches": 1}
 
 
 def test_scripted_enobufs_overrun_and_bad_input_keep_reading():
@@ -324,6 +337,36 @@ def test_live_fifty_true_processes_and_a_fifty_ms_miner(connect, spawn, helper_b
     assert seen.missing(pids + [miner.pid, brief.pid]) == set()
     stats = conn.stats()
     assert stats["delivered"] >= 52 and stats["parse_errors"] == 0 and conn.failure is None
+
+
+@pytest.mark.parametrize("bpf", [True, False], ids=["socket-filter", "no-filter"])
+def test_live_socket_filter_drops_forks_and_exits_in_the_kernel(connect, spawn, bpf):
+    """Without the 6.6+ exec-only LISTEN (as older kernels behave), the socket filter alone keeps forks and
+    exits from reaching us at all; every exec still arrives. Without the filter they do arrive (the control)."""
+    seen = Seen()
+    conn = connect(seen, exec_only=False, bpf=bpf)
+    assert conn.filtered == bpf
+    pids = []
+    for _ in range(20):
+        p = spawn([TRUE])
+        p.wait(timeout=10)
+        pids.append(p.pid)
+    assert seen.missing(pids) == set()
+    stats = conn.stats()
+    if bpf:
+        assert stats["events"] == stats["exec"] and stats["parse_errors"] == 0, stats
+    else:
+        assert stats["events"] >= stats["exec"] + 40, stats  # a fork and an exit per process, at least
+
+
+def test_exec_filter_jumps_land_on_its_two_returns():
+    """Every jump of the filter program lands inside it, on a return or an instruction after it."""
+    prog = cn.exec_filter()
+    ops = [struct.unpack_from("=HBBI", prog, i) for i in range(0, len(prog), 8)]
+    assert ops[-2:] == [(0x06, 0, 0, 0), (0x06, 0, 0, 0xFFFFFFFF)]
+    for i, (code, jt, jf, _k) in enumerate(ops):
+        if code == 0x15:
+            assert i + 1 + jt < len(ops) and i + 1 + jf < len(ops)
 
 
 def test_live_short_lived_miner_is_inspectable_at_event_time(connect, spawn, helper_bins, fake_pool):

@@ -503,6 +503,39 @@ def test_a_reload_forgets_the_known_executables(tmp_path, spawn):
     assert len(rig.parts.known) == 0
 
 
+def test_an_exec_whose_process_is_gone_costs_a_counter_and_a_zombie_leader_with_threads_is_read(tmp_path, spawn):
+    """A process reaped before its exec event is handled is counted "gone" and nothing more is read (no whole
+    read, not tracked); a zombie thread-group leader whose other thread still runs is not "gone": read whole."""
+    import subprocess
+    import sys
+
+    rig = Rig(tmp_path)
+    done = spawn(["true"])
+    done.wait(timeout=10)
+    rig.worker.handle(ExecEvent(done.pid))
+    assert rig.stats.execs == {"gone": 1} and done.pid not in rig.parts.tracker
+    # The main thread exits (pthread_exit by a raw exit syscall), a second thread lives on: the leader is Z.
+    code = ("import ctypes, os, threading, time; threading.Thread(target=time.sleep, args=(30,)).start(); "
+            "time.sleep(0.2); ctypes.CDLL(None).syscall(60, 0)")
+    leader = spawn([sys.executable, "-c", code], stdout=subprocess.DEVNULL)
+    procs.wait_until(lambda: open(f"/proc/{leader.pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z",
+                     10, 0.02, "a zombie leader")
+    rig.worker.handle(ExecEvent(leader.pid))
+    assert rig.stats.execs["gone"] == 1 and rig.stats.execs["read_whole"] == 1 and leader.pid in rig.parts.tracker
+
+
+def test_a_command_line_longer_than_one_read_is_glanced_whole(tmp_path, spawn):
+    """The glance reads cmdline in one read when it fits, and on to its bound when it does not: a miner's
+    pool URL after 6 KB of padding on a known-clean executable is still seen at the glance."""
+    from agent.collectors.glance import Glance, glance
+
+    pad = "p" * 6000
+    p = spawn(["sh", "-c", "sleep 30", pad, "stratum+tcp://127.0.0.1:3333"])
+    procs.wait_until(lambda: procs.cmdline(p.pid), 5, 0.02, "exec'd")
+    seen = glance("/proc", p.pid)
+    assert isinstance(seen, Glance) and seen.snap.cmdline[-1] == "stratum+tcp://127.0.0.1:3333" and seen.exe_key
+
+
 def test_the_tracker_rereads_the_young_the_suspicious_and_the_low_now_and_then():
     """Young processes are re-read in their first passes, but not one that was already old when first seen;
     medium or worse every pass; low-only every few passes."""

@@ -28,6 +28,9 @@ _EXEC = struct.Struct("=ii")  # process_pid, process_tgid
 _FORK = struct.Struct("=iiii")  # parent_pid, parent_tgid, child_pid, child_tgid
 _EXIT = struct.Struct("=iiII")  # process_pid, process_tgid, exit_code, exit_signal (parent_* follow)
 
+# One exec event alone in its datagram, as the kernel sends each one: nlmsghdr, cn_msg, event head, exec.
+_LONE_EXEC = struct.Struct("=IHHII" "IIIIHH" "IIQ" "ii")
+
 _LAYOUTS = {PROC_EVENT_NONE: _ACK, PROC_EVENT_EXEC: _EXEC, PROC_EVENT_FORK: _FORK, PROC_EVENT_EXIT: _EXIT}
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +81,18 @@ Message = ExecEvent | ForkEvent | ExitEvent | Ack | OtherEvent | Problem
 
 def parse_messages(buf: bytes) -> list[Message]:
     """Every netlink message in one datagram, decoded; bad input becomes a ``Problem``, never raises."""
+    end = len(buf)
+    if end >= _LONE_EXEC.size:  # the common case in one unpack: the same answer as the general walk below
+        (length, mtype, _f, _s, _p, idx, val, _seq, _ack, dlen, _fl, what, _cpu, ts, pid, tgid
+         ) = _LONE_EXEC.unpack_from(buf)
+        if (mtype == NLMSG_DONE and what == PROC_EVENT_EXEC and idx == CN_IDX_PROC and val == CN_VAL_PROC
+                and length <= end <= (length + 3) & ~3 and dlen >= _EVENT_HEAD.size + _EXEC.size
+                and _NLMSGHDR.size + _CN_MSG.size + dlen <= length):
+            return [ExecEvent(pid=pid, tgid=tgid, timestamp_ns=ts)]
+    return _walk(buf)
+
+
+def _walk(buf: bytes) -> list[Message]:
     out: list[Message] = []
     off, end = 0, len(buf)
     while end - off >= _NLMSGHDR.size:
@@ -125,6 +140,38 @@ def _parse_connector(buf: bytes, start: int, stop: int) -> Message:
     if what == PROC_EVENT_EXIT:
         return ExitEvent(*f, timestamp_ns=ts)
     return Ack(err=f[0], ack=ack)
+
+
+# Classic BPF (``linux/filter.h``) run by the kernel on each datagram before it is queued to us.
+_BPF_LD_H_ABS, _BPF_LD_W_ABS, _BPF_JEQ_K, _BPF_RET_K = 0x28, 0x20, 0x15, 0x06
+_SOCK_FILTER = struct.Struct("=HBBI")  # code, jt, jf, k
+
+
+def _wire(value: int, fmt: str) -> int:
+    """``value`` as a BPF absolute load sees it: host-order bytes read in network order."""
+    return struct.unpack(">" + fmt, struct.pack("=" + fmt, value))[0]
+
+
+def exec_filter() -> bytes:
+    """A socket filter keeping what the reader uses: exec events, acknowledgements and anything that is not
+    a process event (netlink errors, overruns, foreign payloads: still counted). Forks, exits and the
+    uid/gid/sid/ptrace/comm/coredump events are dropped in the kernel, before they are copied to us: what
+    kernels before 6.6 send whatever ``control_message`` asks."""
+    def op(code: int, k: int, jt: int = 0, jf: int = 0) -> bytes:
+        return _SOCK_FILTER.pack(code, jt, jf, k)
+
+    body, event = _NLMSGHDR.size, _NLMSGHDR.size + _CN_MSG.size
+    return b"".join([
+        op(_BPF_LD_H_ABS, 4),                                            # nlmsg_type
+        op(_BPF_JEQ_K, _wire(NLMSG_DONE, "H"), jt=0, jf=6),              # not a connector payload: keep
+        op(_BPF_LD_W_ABS, body),                                         # cn_msg id.idx
+        op(_BPF_JEQ_K, _wire(CN_IDX_PROC, "I"), jt=0, jf=4),
+        op(_BPF_LD_W_ABS, event),                                        # proc_event.what
+        op(_BPF_JEQ_K, _wire(PROC_EVENT_EXEC, "I"), jt=2, jf=0),
+        op(_BPF_JEQ_K, _wire(PROC_EVENT_NONE, "I"), jt=1, jf=0),        # the answer to LISTEN
+        op(_BPF_RET_K, 0),                                               # drop
+        op(_BPF_RET_K, 0xFFFFFFFF),                                      # keep (whole)
+    ])
 
 
 def control_message(op: int, ack: int, event_filter: int | None = None) -> bytes:

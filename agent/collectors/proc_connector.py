@@ -3,7 +3,8 @@
 A netlink socket of protocol ``NETLINK_CONNECTOR`` bound to group ``CN_IDX_PROC`` receives one
 message per fork, exec and exit once it has sent ``PROC_CN_MCAST_LISTEN``. No eBPF, module or
 kernel headers: the structures (``nlmsghdr``, ``cn_msg``, ``proc_event``) are packed with
-``struct`` in ``cn_proc`` (the pure wire format); this module owns the socket and its thread. The kernel reports PIDs of the initial PID namespace, i.e. host PIDs.
+``struct`` in ``cn_proc`` (the pure wire format); this module owns the socket and its thread.
+The kernel reports PIDs of the initial PID namespace, i.e. host PIDs.
 
 Where it works (measured on Linux 6.18; the kernel source agrees for older ones):
 
@@ -14,15 +15,23 @@ Where it works (measured on Linux 6.18; the kernel source agrees for older ones)
 * kernels before 6.6 want ``CAP_NET_ADMIN`` (acknowledged with ``EPERM``); 6.6+ allow anyone.
 
 ``ProcConnector`` subscribes, waits for the kernel's acknowledgement, then hands every
-``ExecEvent`` to a callback from its reader thread. On 6.6+ kernels it also asks the kernel to
-send exec events only (older kernels ignore that request and send everything). A receive
-buffer overrun (``ENOBUFS``) loses events: it is counted (``overruns``; ``dropped`` is the
-kernel's exact count) and ``on_overrun`` lets the owner rescan /proc. ``cn_proc.parse_messages``
-is the pure decoder; ``available()`` checks end to end that the exec of a probe child is reported.
+``ExecEvent`` to a callback from its reader thread. Only exec events reach it: a classic BPF
+socket filter (``cn_proc.exec_filter``) drops forks, exits and the rest in the kernel on any
+kernel, and 6.6+ kernels are also asked to send execs only. In a storm the reader wakes once per
+batch (every ``COALESCE_S``) and drains what is queued, instead of once per exec: a wakeup of a
+Python thread costs more CPU than judging most execs. A receive buffer overrun (``ENOBUFS``) loses
+events: it is counted (``overruns``; ``dropped`` is the kernel's exact count) and ``on_overrun``
+lets the owner rescan /proc. ``cn_proc.parse_messages`` is the pure decoder; ``available()``
+checks end to end that the exec of a probe child is reported.
+
+Why this module is long: it is one socket's whole life (the subscription handshake, the kernel
+filters, the batched reader, overrun accounting, the end-to-end probe), and all of it shares
+that socket's state.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import random
@@ -48,6 +57,7 @@ from agent.collectors.cn_proc import (
     ForkEvent,
     OtherEvent,
     control_message,
+    exec_filter,
     parse_messages,
 )
 from agent.events import ExecEvent
@@ -56,10 +66,14 @@ log = structlog.get_logger("minerwatch.proc_connector")
 
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 SO_MEMINFO, SK_MEMINFO_DROPS = 55, 8
+SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)
 DEFAULT_RCVBUF = 4 << 20
 COUNTERS = ("events", "exec", "delivered", "own", "overruns", "dropped", "parse_errors",
-            "netlink_errors", "foreign", "callback_errors")
+            "netlink_errors", "foreign", "callback_errors", "batches")
 RECV_SIZE = 1 << 16
+COALESCE_S = 0.05  # in a storm, how long a batch waits for more execs after its first (alerts wait this much more)
+COALESCE_AFTER = 0.1  # a storm: a datagram within this long after the last batch (else delivered at once)
+MAX_BATCH_DATAGRAMS = 4096  # then the batch goes out even if more are queued (the next one takes them)
 
 _HINTS = {
     errno.EPERM: "not permitted: kernels before 6.6 need CAP_NET_ADMIN",
@@ -99,12 +113,16 @@ class ProcConnector:
     def __init__(self, on_exec: Callable[[ExecEvent], object], *,
                  on_overrun: Callable[[], object] | None = None, rcvbuf: int = DEFAULT_RCVBUF,
                  ack_timeout: float = 2.0, exec_only: bool = True, own_pid: int | None = None,
-                 poll_interval: float = 0.5,
+                 poll_interval: float = 0.5, coalesce: float = COALESCE_S, bpf: bool = True,
                  socket_factory: Callable[[], socket.socket] = _netlink_socket) -> None:
         self._on_exec, self._on_overrun = on_exec, on_overrun
         self._rcvbuf, self._ack_timeout, self._exec_only = rcvbuf, ack_timeout, exec_only
         self._own_pid = os.getpid() if own_pid is None else own_pid
         self._poll, self._socket_factory = poll_interval, socket_factory
+        self._coalesce, self._last_batch, self._backlog, self._bpf = coalesce, -1e9, False, bpf
+        self._buf = bytearray(RECV_SIZE)  # one receive buffer, reused
+        self._view = memoryview(self._buf)
+        self._batch: list[ExecEvent] = []
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -112,6 +130,7 @@ class ProcConnector:
         # Written by one thread at a time (start(), then the reader); all keys exist from the start.
         self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
         self.rcvbuf = 0  # the receive buffer the kernel granted
+        self.filtered = False  # the kernel drops the events we do not use (a socket filter is attached)
         self.failure: str | None = None
 
     def __enter__(self) -> ProcConnector:
@@ -142,7 +161,7 @@ class ProcConnector:
             raise
         self._thread = threading.Thread(target=self._run, name="proc-connector", daemon=True)
         self._thread.start()
-        log.info("proc_connector_listening", rcvbuf=self.rcvbuf, exec_only=self._exec_only)
+        log.info("proc_connector_listening", rcvbuf=self.rcvbuf, exec_only=self._exec_only, filtered=self.filtered)
 
     def stop(self, timeout: float = 2.0) -> bool:
         """Unsubscribes, ends the reader and closes the socket; False if the thread outlived ``timeout``."""
@@ -163,6 +182,7 @@ class ProcConnector:
 
     def _subscribe(self, sock: socket.socket) -> None:
         self._grow_rcvbuf(sock)
+        self._attach_filter(sock)
         cookie = random.getrandbits(30) + 1
         try:
             sock.bind((0, CN_IDX_PROC))
@@ -173,9 +193,10 @@ class ProcConnector:
         while (left := deadline - time.monotonic()) > 0:
             sock.settimeout(left)
             try:
-                acks = self._receive(sock)
+                acks = self._receive(sock) or ()
             except OSError as exc:
                 raise ConnectorUnavailable.from_os("receive", exc) from exc
+            self._flush()  # an exec that came before the answer is delivered too
             for ack in acks:
                 if ack.ack == cookie + 1:
                     if ack.err:
@@ -201,6 +222,19 @@ class ProcConnector:
                 log.warning("proc_connector_rcvbuf_failed", error=str(exc))
         self.rcvbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
 
+    def _attach_filter(self, sock: socket.socket) -> None:
+        """Exec events only, filtered in the kernel (``cn_proc.exec_filter``) on any kernel: before 6.6 it
+        sends every fork and exit too. Not fatal: then the reader only counts what it does not use."""
+        if not self._bpf:
+            return
+        program = ctypes.create_string_buffer(exec_filter())
+        fprog = struct.pack("@HP", len(program.raw) // 8, ctypes.addressof(program))  # struct sock_fprog
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)  # the kernel copies the program
+            self.filtered = True
+        except OSError as exc:
+            log.info("proc_connector_bpf_failed", error=str(exc))
+
     def _ask_exec_only(self, sock: socket.socket) -> None:
         if not self._exec_only:
             return
@@ -212,25 +246,61 @@ class ProcConnector:
     def _run(self) -> None:
         sock = self._sock
         assert sock is not None
-        sock.settimeout(self._poll)
+        storm = False
         while not self._stop.is_set():
             try:
-                self._receive(sock)
+                storm = self._read_batch(sock, storm)
             except OSError as exc:
                 if not self._stop.is_set():
                     self.failure = f"recv: {exc}"
                     log.error("proc_connector_failed", error=str(exc), errno=exc.errno)
                 return
-            except Exception:  # crash barrier per datagram: a decoding bug must not end the reader
+            except Exception:  # crash barrier per batch: a decoding bug must not end the reader
                 self.counters["parse_errors"] += 1
                 log.exception("proc_connector_datagram_failed")
 
-    def _receive(self, sock: socket.socket) -> list[Ack]:
-        """One datagram: delivers its exec events, counts the rest, returns the acks in it."""
+    def _read_batch(self, sock: socket.socket, storm: bool) -> bool:
+        """One batch of exec events, delivered together; returns whether the next one is in a storm.
+
+        Quiet: blocks for a datagram and delivers it at once (with whatever else is queued). In a
+        storm (a batch came less than ``COALESCE_AFTER`` after the previous one): sleeps ``coalesce``
+        seconds, then drains every queued datagram without blocking. A wakeup of a Python thread costs
+        tens of µs of CPU here, more than judging most execs: this thread wakes once per batch, not
+        per exec, and so does the consumer. A storm ends with the first empty drain."""
+        if storm:
+            if not self._backlog:
+                self._stop.wait(self._coalesce)
+            got = self._drain(sock)
+            storm = got > 0
+        else:
+            sock.settimeout(self._poll)
+            if self._receive(sock) is None:
+                return False
+            sock.settimeout(0.0)
+            self._drain(sock)
+            storm = self._coalesce > 0 and time.monotonic() - self._last_batch < COALESCE_AFTER
+        self._last_batch = time.monotonic()
+        self._flush()
+        self.counters["batches"] += 1
+        return storm
+
+    def _drain(self, sock: socket.socket) -> int:
+        """Reads the datagrams already queued (the socket is non-blocking); how many there were."""
+        n, self._backlog = 0, False
+        while self._receive(sock) is not None:
+            n += 1
+            if n >= MAX_BATCH_DATAGRAMS:  # a flood: deliver these, the next batch reads on without sleeping
+                self._backlog = True
+                break
+        return n
+
+    def _receive(self, sock: socket.socket) -> list[Ack] | None:
+        """One datagram: its exec events join the batch (``_flush`` delivers it), the rest is counted;
+        returns the acks in it, None when there was nothing to read."""
         try:
-            buf, (portid, _groups) = sock.recvfrom(RECV_SIZE)
-        except TimeoutError:
-            return []
+            n, (portid, _groups) = sock.recvfrom_into(self._buf)
+        except (TimeoutError, BlockingIOError):
+            return None
         except OSError as exc:
             if exc.errno != errno.ENOBUFS:
                 raise
@@ -240,28 +310,34 @@ class ProcConnector:
             self.counters["foreign"] += 1
             return []
         acks: list[Ack] = []
-        for msg in parse_messages(buf):
-            if isinstance(msg, ExecEvent):
-                self.counters["events"] += 1
-                self.counters["exec"] += 1
-                self._deliver(msg)
+        counters = self.counters
+        for msg in parse_messages(self._view[:n]):
+            if type(msg) is ExecEvent:
+                counters["events"] += 1
+                counters["exec"] += 1
+                if msg.tgid == self._own_pid:
+                    counters["own"] += 1
+                else:
+                    self._batch.append(msg)
             elif isinstance(msg, Ack):
                 acks.append(msg)
             elif isinstance(msg, (ForkEvent, ExitEvent, OtherEvent)):
-                self.counters["events"] += 1
+                counters["events"] += 1
             elif msg.kind == "overrun":
                 self._overrun(sock)
             elif msg.kind == "netlink_error":
-                self.counters["netlink_errors"] += 1
+                counters["netlink_errors"] += 1
             else:
-                self.counters["parse_errors"] += 1
-                log.warning("proc_connector_malformed", reason=msg.detail, size=len(buf))
+                counters["parse_errors"] += 1
+                log.warning("proc_connector_malformed", reason=msg.detail, size=n)
         return acks
 
+    def _flush(self) -> None:
+        batch, self._batch = self._batch, []
+        for event in batch:
+            self._deliver(event)
+
     def _deliver(self, event: ExecEvent) -> None:
-        if event.tgid == self._own_pid:
-            self.counters["own"] += 1
-            return
         try:
             self._on_exec(event)
         except Exception:  # crash barrier: a bug in the consumer must not end exec delivery

@@ -14,6 +14,7 @@ from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING
 
 from agent.collectors import netns
+from agent.collectors.glance import GONE
 from agent.daemon.behaviour import is_msr_modprobe
 from agent.events import MemoryScanned
 from agent.model import MSR_MODPROBE_CHILD, Finding, ProcessSnapshot, Severity
@@ -73,6 +74,9 @@ class Processes:
             return
         p = self.p
         seen = p.snapshots.glance(pid)
+        if seen is GONE:  # exited and reaped before it could be read: a whole read would find nothing either
+            self.stats.execs["gone"] += 1
+            return
         if seen is None:
             self.stats.execs["glance_failed"] += 1
             self.inspect_pid(pid)
