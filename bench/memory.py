@@ -137,8 +137,8 @@ class Sampler:
 
 def run_agents(trees, work: Path, watch: list[str] | None, settle: float, measure: float) -> list[dict]:
     """A fresh agent of each tree, started together; per tree the figures named in the docstring."""
-    agents = [AgentProcess(work / f"agent-{t.commit[:7]}", interval=5.0, watch=watch,
-                           source=None if t.root == baseline.REPO else t.root) for t in trees]
+    agents = [AgentProcess(work / f"agent-{i}-{t.commit[:7]}", interval=5.0, watch=watch,
+                           source=None if t.root == baseline.REPO else t.root) for i, t in enumerate(trees)]
     ready_at: list[dict] = [{} for _ in agents]
     errors: list[str] = []
 

@@ -98,3 +98,28 @@ def test_a_loaded_bundle_costs_a_few_mib_resident():
     res = subprocess.run([sys.executable, "-c", _BUNDLE_COST], capture_output=True, text=True, timeout=120, check=True)
     cost = int(res.stdout.strip().splitlines()[-1])
     assert cost < 8 << 20, f"{cost / 2**20:.1f} MiB"
+
+
+def test_one_big_head_at_a_time_across_scanners(tmp_path, monkeypatch):
+    """While one scanner holds a big head (16 MiB or more), another scanner's big read waits for it (the
+    worker's and the bulk lane's 32 MiB heads together were the first scan's peak); a small file does not."""
+    import threading
+
+    from agent.collectors import yarascan
+
+    monkeypatch.setattr(yarascan, "BIG_READ_WAIT_S", 60.0)  # no giving up on a slow host
+    big = _file(tmp_path / "big.bin", 17 << 20, 5)
+    small = _file(tmp_path / "small.bin", 1 << 20, 5)
+    other = YaraScanner(RULES, max_bytes=32 << 20)
+    done = threading.Event()
+    waited = yarascan.BIG_READ_STATS["waited"]
+    with yarascan._big_read(20 << 20):  # the other lane's head is in memory
+        assert [h.rule for h in other.scan_file_head(small)[0]] == ["marker"]
+        assert yarascan.BIG_READ_STATS["waited"] == waited
+        t = threading.Thread(target=lambda: (other.scan_file_head(big), done.set()))
+        t.start()
+        assert not done.wait(0.3)  # waiting for the head held here
+        assert yarascan.BIG_READ_STATS["waited"] == waited + 1
+    assert done.wait(10)
+    t.join()
+    assert yarascan.BIG_READ_STATS["gave_up"] == 0

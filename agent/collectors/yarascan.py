@@ -28,6 +28,7 @@ and their lock, and the helper's output is read here, under its deadline.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import dataclasses
 import errno
 import io
@@ -138,6 +139,32 @@ def _read_head(fd: int, limit: int, size: int) -> memoryview:
     return view
 
 
+# One big file head in memory at a time, whichever scanner (the worker's, the bulk lane's) reads it: two
+# 32 MiB heads at once were the first scan's peak. A reader waits at most BIG_READ_WAIT_S, then reads anyway
+# (the exec path never waits longer than that for the bulk lane).
+BIG_READ_BYTES = 16 << 20
+BIG_READ_WAIT_S = 1.0
+_BIG_READS = threading.Semaphore(1)
+BIG_READ_STATS = {"waited": 0, "gave_up": 0}
+
+
+@contextlib.contextmanager
+def _big_read(size: int):
+    if size < BIG_READ_BYTES:
+        yield
+        return
+    held = _BIG_READS.acquire(blocking=False)
+    if not held:
+        BIG_READ_STATS["waited"] += 1
+        held = _BIG_READS.acquire(timeout=BIG_READ_WAIT_S)
+        BIG_READ_STATS["gave_up"] += not held
+    try:
+        yield
+    finally:
+        if held:
+            _BIG_READS.release()
+
+
 class _Vanished(OSError):
     """The PID now names another process (or none)."""
 
@@ -197,7 +224,7 @@ class YaraScanner:
                     if key in self._cache:
                         self._cache.move_to_end(key)
                         return self._cache[key]
-                with _read_head(fd, self.max_bytes, st.st_size) as data:
+                with _big_read(min(st.st_size, self.max_bytes)), _read_head(fd, self.max_bytes, st.st_size) as data:
                     hits = hits_from_matches(self.rules.match(data=data, timeout=self.timeout), "file") if data else ()
                 whole = st.st_size <= self.max_bytes
                 unchanged = cache_key(os.fstat(fd)) == key
@@ -282,12 +309,7 @@ class YaraScanner:
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 close_fds=True)
         try:
-            try:  # read first thing by the helper, before it touches the process
-                proc.stdin.write(saved)
-                proc.stdin.close()
-            except BrokenPipeError:  # it died already: its stderr says why
-                pass
-            out = _collect(proc, limits.deadline_s)
+            out = _collect(proc, limits.deadline_s, saved)
         except TimeoutError:
             proc.kill()
             try:
@@ -304,7 +326,7 @@ class YaraScanner:
                         reaped=proc.returncode is not None)
             raise _Skipped(errno.ETIMEDOUT, f"memory of pid {pid} not read within {limits.deadline_s} s") from None
         finally:
-            for pipe in (proc.stdout, proc.stderr):
+            for pipe in (proc.stdin, proc.stdout, proc.stderr):
                 pipe.close()
         return out
 
@@ -339,20 +361,32 @@ class _HelperMatch:
         self.strings = [self._String(offsets) for offsets in found.get("strings", ())]
 
 
-def _collect(proc: subprocess.Popen, deadline_s: float) -> tuple[list[dict], dict[str, int]]:
-    """Read a ``memread --yara`` helper's three lines (header, matches, trailer) within ``deadline_s``;
-    ``TimeoutError`` past it. Its output is small: counts, the layout and the matches."""
+def _collect(proc: subprocess.Popen, deadline_s: float, rules: bytes) -> tuple[list[dict], dict[str, int]]:
+    """Write ``rules`` to a ``memread --yara`` helper and read its three lines (header, matches, trailer),
+    all within ``deadline_s``; ``TimeoutError`` past it. Its output is small: counts, the layout, the matches."""
     end = time.monotonic() + deadline_s
-    out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
+    out_fd, err_fd, in_fd = proc.stdout.fileno(), proc.stderr.fileno(), proc.stdin.fileno()
     out, err, open_fds = bytearray(), bytearray(), {out_fd, err_fd}
+    os.set_blocking(in_fd, False)
+    pending = memoryview(rules)
     with selectors.DefaultSelector() as sel:
         for fd in open_fds:
             sel.register(fd, selectors.EVENT_READ)
+        sel.register(in_fd, selectors.EVENT_WRITE)
         while open_fds:
             left = end - time.monotonic()
             if left <= 0:
                 raise TimeoutError
             for key, _ in sel.select(left):
+                if key.fd == in_fd:  # the rules, read first thing by the helper
+                    try:
+                        pending = pending[os.write(in_fd, pending):]
+                    except BrokenPipeError:  # it died already: its stderr says why
+                        pending = pending[:0]
+                    if not pending:
+                        sel.unregister(in_fd)
+                        proc.stdin.close()
+                    continue
                 chunk = os.read(key.fd, 1 << 16)
                 if key.fd == err_fd:
                     err += chunk[:4096 - len(err)]
