@@ -1,7 +1,7 @@
 """Exec storm: the agent's CPU per exec at a CI runner's exec rate, beside the exec's own cost, old vs new.
 
     python3 bench/execstorm.py [--rate 300] [--seconds 30] [--baseline REV | --no-baseline] [--new REV]
-                               [--one-at-a-time]
+                               [--one-at-a-time] [--hold S]
 
 Prints, in one run:
 - the exec's own cost: CPU (parent and child) of posix_spawn + wait of ``/bin/true``, measured on
@@ -37,12 +37,16 @@ from tests.helpers.pool import FakePool  # noqa: E402
 
 US_PER_EXEC_TARGET, ALERT_TARGET_S = 100.0, 1.0
 TRUE = shutil.which("true") or "/bin/true"
+SLEEP = shutil.which("sleep") or "/bin/sleep"
 
 
-def storm(rate: float, seconds: float, at_half=None) -> tuple[int, float]:
-    """posix_spawn + wait of /bin/true at ``rate`` per second; (execs, CPU seconds they cost, ours and theirs)."""
+def storm(rate: float, seconds: float, at_half=None, hold: float = 0.0) -> tuple[int, float]:
+    """posix_spawn of /bin/true at ``rate`` per second, each waited for; with ``hold``, of ``sleep HOLD``
+    instead, reaped as they end (processes that live past the connector's batch window, so each exec is
+    glanced, not found gone). Returns (execs, CPU seconds they cost, ours and theirs)."""
     own0, kids0 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    t0, n, fired = time.monotonic(), 0, False
+    argv = [SLEEP, f"{hold:g}"] if hold > 0 else [TRUE]
+    t0, n, fired, live = time.monotonic(), 0, False, set()
     while (now := time.monotonic()) - t0 < seconds:
         if at_half is not None and not fired and now - t0 >= seconds / 2:
             at_half()
@@ -50,9 +54,17 @@ def storm(rate: float, seconds: float, at_half=None) -> tuple[int, float]:
         delay = t0 + n / rate - time.monotonic()
         if delay > 0:
             time.sleep(delay)
-        pid = os.posix_spawn(TRUE, [TRUE], {})
-        os.waitpid(pid, 0)
+        pid = os.posix_spawn(argv[0], argv, {})
         n += 1
+        if not hold:
+            os.waitpid(pid, 0)
+            continue
+        live.add(pid)
+        for p in list(live):
+            if os.waitpid(p, os.WNOHANG)[0]:
+                live.discard(p)
+    for p in live:
+        os.waitpid(p, 0)
     own1, kids1 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     cost = (own1.ru_utime - own0.ru_utime + own1.ru_stime - own0.ru_stime
             + kids1.ru_utime - kids0.ru_utime + kids1.ru_stime - kids0.ru_stime)
@@ -73,7 +85,7 @@ def alerted_at(agent: AgentProcess, pid: int) -> float | None:
     return None
 
 
-def measure(trees, rate: float, seconds: float, work: Path, bins, together: bool) -> list[dict]:
+def measure(trees, rate: float, seconds: float, work: Path, bins, together: bool, hold: float = 0.0) -> list[dict]:
     """One storm per agent (or one for all, together); per tree: execs, agent CPU, alert latency."""
     out = []
     groups = [trees] if together else [[t] for t in trees]
@@ -96,7 +108,7 @@ def measure(trees, rate: float, seconds: float, work: Path, bins, together: bool
                                                      "--seconds", "60"], stdout=subprocess.DEVNULL,
                                                     stderr=subprocess.DEVNULL)
 
-                n, exec_cost = storm(rate, seconds, at_half=start_miner)
+                n, exec_cost = storm(rate, seconds, at_half=start_miner, hold=hold)
                 c1 = [cpu_seconds(a.proc.pid) for a in agents]
                 latency = []
                 for a in agents:
@@ -124,6 +136,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rate", type=float, default=300)
     ap.add_argument("--seconds", type=float, default=30)
+    ap.add_argument("--hold", type=float, default=0.0, metavar="S",
+                    help="exec `sleep S` instead of /bin/true: each process outlives the batch window and is glanced")
     ap.add_argument("--one-at-a-time", action="store_true", help="a storm per revision instead of one for both")
     baseline.add_arguments(ap)
     args = ap.parse_args()
@@ -131,10 +145,11 @@ def main() -> int:
     trees = [t for t in (old, new) if t is not None]
     bins = build.build_helpers()
     work = Path(tempfile.mkdtemp(prefix="mw-bench-execstorm-"))
-    print(f"old: {old.root if old else '-'}\nnew: {new.root}\nstorm: {args.rate:.0f} execs/s of {TRUE} for "
+    program = f"{SLEEP} {args.hold:g}" if args.hold else TRUE
+    print(f"old: {old.root if old else '-'}\nnew: {new.root}\nstorm: {args.rate:.0f} execs/s of {program} for "
           f"{args.seconds:.0f} s, a miner started halfway; agents {'one at a time' if args.one_at_a_time else 'together'}",
           flush=True)
-    results = measure(trees, args.rate, args.seconds, work, bins, together=not args.one_at_a_time)
+    results = measure(trees, args.rate, args.seconds, work, bins, together=not args.one_at_a_time, hold=args.hold)
     by = {id(r["tree"]): r for r in results}
     o, n = (by.get(id(old)) if old else None), by[id(new)]
     table = baseline.Table(old, new)

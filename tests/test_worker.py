@@ -536,6 +536,30 @@ def test_a_command_line_longer_than_one_read_is_glanced_whole(tmp_path, spawn):
     assert isinstance(seen, Glance) and seen.snap.cmdline[-1] == "stratum+tcp://127.0.0.1:3333" and seen.exe_key
 
 
+def test_a_quiet_glance_is_remembered_only_for_the_same_facts_and_the_same_judge(tmp_path, spawn):
+    """The second exec of the same known file with the same command line (same parent) reuses the first's
+    quiet verdict; other arguments are judged afresh (a miner's are found); after a reload nothing is reused."""
+    rig = Rig(tmp_path)
+
+    def exec_(argv):
+        p = spawn(argv)
+        procs.wait_until(lambda: procs.cmdline(p.pid), 5, 0.02, "exec'd")
+        rig.worker.handle(ExecEvent(p.pid))
+        return p
+
+    exec_(["sleep", "30"])  # read whole: its file becomes known
+    exec_(["sleep", "30"])
+    exec_(["sleep", "30"])
+    assert rig.stats.execs["quiet_at_a_glance"] == 2 and rig.stats.execs["quiet_remembered"] == 1
+    exec_(["sh", "-c", "sleep 30"])  # read whole: known
+    exec_(["sh", "-c", "sleep 30"])  # judged quiet, remembered
+    miner = exec_(["sh", "-c", "sleep 30", "xmrig", "-o", "stratum+tcp://127.0.0.1:3333", "--donate-level", "1"])
+    assert rig.stats.execs["quiet_remembered"] == 1 and rig.findings_for(miner.pid)
+    rig.worker.handle(Reload())
+    exec_(["sleep", "30"])
+    assert rig.stats.execs["quiet_remembered"] == 1
+
+
 def test_the_tracker_rereads_the_young_the_suspicious_and_the_low_now_and_then():
     """Young processes are re-read in their first passes, but not one that was already old when first seen;
     medium or worse every pass; low-only every few passes."""

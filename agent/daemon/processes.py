@@ -14,13 +14,17 @@ from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING
 
 from agent.collectors import netns
-from agent.collectors.glance import GONE
+from agent.collectors.glance import GONE, Glance
 from agent.daemon.behaviour import is_msr_modprobe
 from agent.events import MemoryScanned
 from agent.model import MSR_MODPROBE_CHILD, Finding, ProcessSnapshot, Severity
 
 if TYPE_CHECKING:
     from agent.daemon.parts import Parts, WorkerStats
+
+
+QUIET_MEMO = 2048  # glance facts remembered as quiet (cleared when full)
+QUIET_MEMO_CMDLINE = 512  # characters: longer command lines are judged every time (and not kept)
 
 
 class Processes:
@@ -42,6 +46,8 @@ class Processes:
         # What the cross-view found hiding a process (``hidden_from``, ``proc_mounted``), by PID with its
         # start time: attached each time it is judged, while it lives.
         self.hidden: dict[int, tuple[int, dict]] = {}
+        # Glance facts judged quiet -> (the judge, container, image evidence) they were judged with.
+        self.quiet: dict[tuple, tuple] = {}
 
     def new_pass(self, alive: Collection[int]) -> None:
         """A periodic pass begins: fresh TCP tables; forget children of ours that exited."""
@@ -86,9 +92,7 @@ class Processes:
             return
         if (seen.exe_key is not None and seen.exe_key in p.known
                 and (not snap.container_id or snap.container_id in p.containers)
-                and not is_msr_modprobe(snap.cmdline)
-                and p.judge.process(snap, p.containers.get(snap.container_id),
-                                    p.containers.image_evidence(snap.container_id)) is None):
+                and not is_msr_modprobe(snap.cmdline) and self._quiet(seen)):
             p.tracker.seen(snap)
             p.containers.note_cgroup(snap.container_id, snap.cgroup_path)
             self.stats.execs["quiet_at_a_glance"] += 1
@@ -100,6 +104,30 @@ class Processes:
         if self.judge(full) is None and full.start_ticks == snap.start_ticks and full.hashes is not None \
                 and seen.exe_key is not None and not self.is_own(full):
             p.known.add(seen.exe_key)  # judged whole and clean: the next exec of this very file stops at a glance
+
+    def _quiet(self, seen: Glance) -> bool:
+        """The judge finds nothing on this glance. The same glance facts (everything but the PID and its start
+        time) judged by the same judge in the same container context get the same answer: a short command
+        line's quiet verdict is remembered (bounded); anything else is judged every time."""
+        p, snap = self.p, seen.snap
+        container = p.containers.get(snap.container_id)
+        evidence = p.containers.image_evidence(snap.container_id)
+        key = None
+        if sum(map(len, snap.cmdline)) <= QUIET_MEMO_CMDLINE:
+            key = (seen.exe_key, snap.exe, snap.exe_deleted, snap.name, snap.cmdline, snap.ppid, snap.num_threads,
+                   snap.is_kernel_thread, snap.container_id, snap.container_runtime, snap.cgroup_path,
+                   snap.cgroup_claim, snap.partial)
+            memo = self.quiet.get(key)
+            if memo is not None and memo[0] is p.judge and memo[1] is container and memo[2] == evidence:
+                self.stats.execs["quiet_remembered"] += 1
+                return True
+        if p.judge.process(snap, container, evidence) is not None:
+            return False
+        if key is not None:
+            if len(self.quiet) >= QUIET_MEMO:
+                self.quiet.clear()
+            self.quiet[key] = (p.judge, container, evidence)
+        return True
 
     def inspect_pid(self, pid: int, *, in_container: str = "", hidden: dict | None = None) -> bool:
         """Read ``pid`` whole and judge it; False when it is gone (or, with ``in_container``, not in it).
