@@ -172,18 +172,27 @@ class CrossView:
         except (OSError, ValueError, IndexError):
             return None
 
-    def census_agrees(self, pids: Iterable[int]) -> bool:
-        """The threads of ``pids`` are every task the kernel counts, and no task was created meanwhile."""
-        before = self._task_counters()
-        if before is None:
-            return False
-        total = 0
-        for pid in pids:
-            try:
-                total += parse_stat(read_once(f"{self.proc_root}/{pid}/stat")).num_threads
-            except (OSError, ValueError):  # gone (the count moved) or unreadable: no agreement
+    def census_agrees(self, pids: Iterable[int], tries: int = 1) -> bool:
+        """The threads of ``pids`` are every task the kernel counts, and no task was created meanwhile.
+        ``tries``: attempts while tasks come and go (an attempt stops at the first fork it notices)."""
+        pids = list(pids)
+        for _ in range(tries):
+            before = self._task_counters()
+            if before is None:
                 return False
-        return total == before[1] and self._task_counters() == before
+            total, moved = 0, False
+            for n, pid in enumerate(pids, 1):
+                try:
+                    total += parse_stat(read_once(f"{self.proc_root}/{pid}/stat")).num_threads
+                except (OSError, ValueError):  # gone (the count moved) or unreadable: no agreement
+                    moved = True
+                    break
+                if n % 256 == 0 and self._task_counters() != before:
+                    moved = True
+                    break
+            if not moved and self._task_counters() == before:
+                return total == before[1]  # steady and still apart: something is unlisted
+        return False
 
     def _is_leader(self, pid: int) -> bool:
         """``pid`` is alive and a thread-group leader (``Tgid`` in its status is itself)."""
@@ -269,7 +278,7 @@ class CrossView:
         cg = self.cgroup_view()
         libc1 = self.readdir_view()
         known = raw1 | libc1 | (cg or set())
-        if self.census and known == raw1 and self.census_agrees(raw1):
+        if self.census and known == raw1 and self.census_agrees(raw1, tries=3):
             probed, span = set(), (0, 0)  # every task the kernel counts is listed: nothing for the probe to find
         else:
             probed, span = self.probe(known)
