@@ -35,3 +35,12 @@ def test_corpus_replays(path):
 def test_mutated_datagrams_never_raise(buf):
     """Any datagram: decoded messages or Problems, never an exception, bounded output."""
     decoded_ok(buf)
+
+
+@FUZZ
+@given(buf=inputs("netlink", max_random=256))
+def test_mutated_datagrams_fast_path_agrees(buf):
+    """The one-unpack path for a lone exec datagram answers exactly like the general walk, on any datagram."""
+    from agent.collectors.cn_proc import _walk
+
+    assert parse_messages(buf) == _walk(buf)
