@@ -7,8 +7,14 @@ import pytest
 from agent.detectors import cmdline, image_policy, location, network
 from agent.detectors.base import Context
 from agent.detectors.pool_urls import cmdline_urls, parse_endpoint, pool_endpoints
-from agent.model import Connection, ContainerInfo, MinerConfig, ProcessSnapshot
-
+from agent.engine import severity_of
+from agent.model import (
+    Connection,
+    ContainerInfo,
+    MinerConfig,
+    ProcessSnapshot,
+    Severity,
+)
 from tests.sigfixtures import SIGS, WALLET
 
 CTX = Context(SIGS)
@@ -143,6 +149,17 @@ def test_image_env_with_stratum_url():
     c = ContainerInfo(id="x", image="busybox", env=("POOL_URL=stratum+tcp://127.0.0.1:3333",))
     details = " ".join(e.detail for e in image_policy.detect(c, Context(SIGS)))
     assert "stratum" in details and "POOL_URL" in details
+
+
+def test_wallet_and_pool_named_variables_alone_are_weak_and_miner_only_names_are_not():
+    """A payments app's WALLET_ADDRESS / POOL_URL (no stratum URL, no wallet address in the values) is weak
+    image evidence: never above low alone. XMRIG_* or DONATE_LEVEL, which only miners read, stay strong."""
+    payments = ContainerInfo(id="x", image="busybox", env=("WALLET_ADDRESS=acct-0042", "POOL_URL=postgres://db:5432/pay"))
+    evidence = image_policy.detect(payments, Context(SIGS))
+    assert [e.strong for e in evidence if "miner variable" in e.detail] == [False]
+    assert severity_of(evidence)[0] <= Severity.LOW
+    miner = ContainerInfo(id="x", image="busybox", env=("XMRIG_EXE=/opt/x", "WALLET=acct-0042"))
+    assert [e.strong for e in image_policy.detect(miner, Context(SIGS)) if "miner variable" in e.detail] == [True]
 
 
 def test_image_label_with_stratum_url():

@@ -12,6 +12,7 @@ ID = "image"
 VERSION = 1
 TITLE = "Suspicious container image"
 
+_MINER_ONLY_ENV = ("XMRIG_", "DONATE_LEVEL")  # variable names only miners read
 _RULE = f"{ID}@{VERSION}"
 _HUB = ("docker.io", "index.docker.io", "registry-1.docker.io")
 
@@ -105,5 +106,9 @@ def detect(container: ContainerInfo, ctx: Context) -> list[Evidence]:
             break
     env_names = sorted({e.split("=", 1)[0] for e in container.env if sig.env_var(e.split("=", 1)[0].upper()) is not None})
     if env_names:
-        out.append(Evidence("image", f"container environment sets miner variable(s) {', '.join(env_names)}", 20, _RULE))
+        # Names payment apps use too (WALLET, POOL_URL...) are weak alone; a wallet address in a value is
+        # the pattern match above. Only names nothing but a miner sets stay strong.
+        specific = any(n.upper().startswith(_MINER_ONLY_ENV) for n in env_names)
+        out.append(Evidence("image", f"container environment sets miner variable(s) {', '.join(env_names)}", 20, _RULE,
+                            strong=specific))
     return out
