@@ -217,6 +217,23 @@ def test_scripted_handshake_delivery_and_stop():
     assert conn.stats() == dict.fromkeys(pc.COUNTERS, 0) | {"events": 3, "exec": 2, "own": 1, "delivered": 1, "batches": 1}
 
 
+def test_scripted_storm_is_read_in_batches_and_a_lone_exec_at_once():
+    """A lone exec is delivered as its own batch; execs that keep coming soon after are gathered and delivered
+    a batch at a time (one wakeup of the reader and of the consumer for many execs), none lost."""
+    sock, got = ScriptedSocket(), []
+    conn = ProcConnector(got.append, coalesce=0.2, poll_interval=0.05, socket_factory=lambda: sock)
+    conn.start()
+    sock.inbox.put(exec_msg(1))
+    assert wait_for(lambda: got)
+    for pid in range(2, 42):  # one every 10 ms: without coalescing, about one batch each
+        sock.inbox.put(exec_msg(pid))
+        time.sleep(0.01)
+    assert wait_for(lambda: len(got) == 41)
+    conn.stop()
+    assert [e.pid for e in got] == list(range(1, 42))
+    assert conn.stats()["batches"] <= 10, conn.stats()
+
+
 def test_scripted_enobufs_overrun_and_bad_input_keep_reading():
     """ENOBUFS, NLMSG_OVERRUN, junk, a foreign sender and a failing callback are counted; delivery goes on."""
     sock, got, overruns = ScriptedSocket(), [], []
