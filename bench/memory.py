@@ -38,9 +38,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import baseline  # noqa: E402
-from bench.flood import NotifyDrain, sigterm_as_exit  # noqa: E402
-from tests.agentproc import AgentProcess  # noqa: E402
+from bench import baseline
+from bench.flood import NotifyDrain, sigterm_as_exit
+from tests.agentproc import AgentProcess
 
 STEADY_TARGET_MIB, PEAK_TARGET_MIB = 60.0, 100.0
 LABEL = {"minerwatch.bench": "memory"}
@@ -146,7 +146,7 @@ def run_agents(trees, work: Path, watch: list[str] | None, settle: float, measur
         try:
             agents[i].start(ready_timeout=600)
             ready_at[i] = {**status(agents[i].proc.pid), "t": time.monotonic()}
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001  (reported after every start has ended)
             errors.append(str(exc)[-3000:])
 
     threads = [threading.Thread(target=start, args=(i,), daemon=True) for i in range(len(agents))]
@@ -179,10 +179,8 @@ def run_agents(trees, work: Path, watch: list[str] | None, settle: float, measur
         if drain is not None:
             drain.stop()
         for a in agents:
-            try:
+            with contextlib.suppress(Exception):  # stopping the others matters more
                 a.stop()
-            except Exception:  # noqa: BLE001  (stopping the others matters more)
-                pass
 
 
 def main() -> int:

@@ -10,6 +10,7 @@ set; by halves, the same language takes a tenth of that.
 
 from __future__ import annotations
 
+import itertools
 import random
 import re
 
@@ -80,7 +81,7 @@ def _is_wallet(name: str, token: str) -> bool:
         return len(token) == 106 and token[0] == "4" and any(c in NOT_HEX for c in token)
     tail = token[1:]
     return (token[0] in "13" and 25 <= len(tail) <= 34
-            and any((a in LOWER and b in UPPER) or (a in UPPER and b in LOWER) for a, b in zip(tail, tail[1:])))
+            and any((a in LOWER and b in UPPER) or (a in UPPER and b in LOWER) for a, b in itertools.pairwise(tail)))
 
 
 _WORD = re.compile(r"[0-9A-Za-z_]+")  # RE2's \w (ASCII)
