@@ -508,6 +508,7 @@ def test_an_exec_whose_process_is_gone_costs_a_counter_and_a_zombie_leader_with_
     read, not tracked); a zombie thread-group leader whose other thread still runs is not "gone": read whole."""
     import subprocess
     import sys
+    from pathlib import Path
 
     rig = Rig(tmp_path)
     done = spawn(["true"])
@@ -518,7 +519,7 @@ def test_an_exec_whose_process_is_gone_costs_a_counter_and_a_zombie_leader_with_
     code = ("import ctypes, os, threading, time; threading.Thread(target=time.sleep, args=(30,)).start(); "
             "time.sleep(0.2); ctypes.CDLL(None).syscall(60, 0)")
     leader = spawn([sys.executable, "-c", code], stdout=subprocess.DEVNULL)
-    procs.wait_until(lambda: open(f"/proc/{leader.pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z",
+    procs.wait_until(lambda: Path(f"/proc/{leader.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z",
                      10, 0.02, "a zombie leader")
     rig.worker.handle(ExecEvent(leader.pid))
     assert rig.stats.execs["gone"] == 1 and rig.stats.execs["read_whole"] == 1 and leader.pid in rig.parts.tracker
