@@ -142,11 +142,11 @@ def test_cache_is_bounded_lru():
     h = expected(b"")
     cache.put((1, 1, 0, 0, 0), h)
     cache.put((1, 2, 0, 0, 0), h)
-    assert cache.get((1, 1, 0, 0, 0)) is h  # 1 is now most recent
+    assert cache.get((1, 1, 0, 0, 0)) == h  # 1 is now most recent (an equal Hashes: entries are packed)
     cache.put((1, 3, 0, 0, 0), h)
     assert len(cache) == 2
     assert cache.get((1, 2, 0, 0, 0)) is None
-    assert cache.get((1, 1, 0, 0, 0)) is h
+    assert cache.get((1, 1, 0, 0, 0)) == h
 
 
 def test_cache_is_thread_safe(tmp_path):
@@ -279,7 +279,7 @@ def test_process_exe_hash_matches_file(tmp_path, procs):
     assert h == expected(exe.read_bytes())
     assert hash_process_exe("/proc", p.pid, cache, 64 << 20) == h
     assert cache.hits == 1
-    assert cache_key(os.stat(exe)) in cache._data
+    assert cache_key(os.stat(exe)) in cache
 
 
 def test_process_exe_hash_after_delete(tmp_path, procs):
@@ -301,3 +301,36 @@ def test_process_exe_of_vanished_process_raises(procs):
     p.wait()
     with pytest.raises(FileNotFoundError):
         hash_process_exe("/proc", p.pid, HashCache(), 1 << 20)
+
+
+def test_the_cache_gives_back_exactly_what_was_put_in_a_third_of_the_memory(tmp_path):
+    """Entries are packed: the same Hashes come back (also odd ones: upper-case or non-hex digests, a
+    64-bit inode, times before 1970), and 10,000 entries cost under 350 bytes each (about 680 unpacked)."""
+    import tracemalloc
+
+    from agent.collectors.hashing import HashCache, hash_file
+    from agent.model import Hashes
+
+    f = tmp_path / "f"
+    f.write_bytes(b"minerwatch" * 1000)
+    cache = HashCache()
+    real = hash_file(str(f))
+    odd = [Hashes(sha256="ABC", sha1="x" * 40, md5="0" * 32, size=1),
+           Hashes(sha256="A" * 64, sha1="b" * 40, md5="c" * 32, size=0)]
+    keys = [cache_key(os.stat(f)), (2**64 - 1, 2**64 - 2, 2**40, -5, -(2**62)), (1, 2, 3, 4, 5)]
+    for key, hashes in zip(keys, [real, *odd]):
+        cache.put(key, hashes)
+    for key, hashes in zip(keys, [real, *odd]):
+        assert cache.get(key) == hashes and key in cache
+    assert cache.get((9, 9, 9, 9, 9)) is None
+
+    big = HashCache()
+    tracemalloc.start()
+    try:
+        for i in range(10_000):
+            big.put((2049, 10**6 + i, 10**5 + i, 1_700_000_000 * 10**9 + i, 1_700_000_000 * 10**9 + i),
+                    Hashes(sha256=f"{i:064x}", sha1=f"{i:040x}", md5=f"{i:032x}", size=10**5 + i))
+        used, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert used / 10_000 < 350, used / 10_000

@@ -16,6 +16,7 @@ import hashlib
 import os
 import queue
 import stat
+import struct
 import threading
 import time
 from collections import OrderedDict
@@ -47,38 +48,69 @@ def cache_key(st: os.stat_result) -> CacheKey:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
+_KEY = struct.Struct("<3Q2q")  # device, inode, size; mtime and ctime in ns (may be negative)
+_SIZE = struct.Struct("<q")
+
+
+def _packed(hashes: Hashes) -> bytes | Hashes:
+    """Digests and size in 76 bytes (a Hashes with its three hex strings is ~450); odd ones kept as they are."""
+    try:
+        raw = bytes.fromhex(hashes.sha256 + hashes.sha1 + hashes.md5)
+    except ValueError:
+        return hashes
+    if len(raw) != 68 or raw.hex() != hashes.sha256 + hashes.sha1 + hashes.md5:  # not lower-case hex of 32+20+16
+        return hashes
+    return raw + _SIZE.pack(hashes.size)
+
+
+def _unpacked(value: bytes | Hashes) -> Hashes:
+    if isinstance(value, Hashes):
+        return value
+    return Hashes(sha256=value[:32].hex(), sha1=value[32:52].hex(), md5=value[52:68].hex(),
+                  size=_SIZE.unpack_from(value, 68)[0])
+
+
 class HashCache:
-    """Thread-safe, bounded LRU of ``cache_key -> Hashes`` with hit, miss and refusal counters."""
+    """Thread-safe, bounded LRU of ``cache_key -> Hashes`` with hit, miss and refusal counters.
+
+    Entries are packed (the key in 40 bytes, digests and size in 76): about 250 bytes each instead of
+    about 680, 5 MiB rather than 13 at the default 20,000 entries (every file of a first scan)."""
 
     def __init__(self, max_entries: int = 20_000, *, wall_ns: Callable[[], int] = time.time_ns) -> None:
         self._max = max_entries
         self.wall_ns = wall_ns
-        self._data: OrderedDict[CacheKey, Hashes] = OrderedDict()
+        self._data: OrderedDict[bytes, bytes | Hashes] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
         self.refused: dict[str, int] = {}
 
     def get(self, key: CacheKey) -> Hashes | None:
+        packed = _KEY.pack(*key)
         with self._lock:
-            hashes = self._data.get(key)
-            if hashes is None:
+            value = self._data.get(packed)
+            if value is None:
                 self.misses += 1
-            else:
-                self.hits += 1
-                self._data.move_to_end(key)
-            return hashes
+                return None
+            self.hits += 1
+            self._data.move_to_end(packed)
+        return _unpacked(value)
 
     def put(self, key: CacheKey, hashes: Hashes) -> None:
+        packed, value = _KEY.pack(*key), _packed(hashes)
         with self._lock:
-            self._data[key] = hashes
-            self._data.move_to_end(key)
+            self._data[packed] = value
+            self._data.move_to_end(packed)
             while len(self._data) > self._max:
                 self._data.popitem(last=False)
 
     def count_refused(self, reason: str) -> None:
         with self._lock:
             self.refused[reason] = self.refused.get(reason, 0) + 1
+
+    def __contains__(self, key: CacheKey) -> bool:
+        with self._lock:
+            return _KEY.pack(*key) in self._data
 
     def __len__(self) -> int:
         with self._lock:
