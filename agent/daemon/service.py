@@ -127,6 +127,9 @@ class Daemon:
         info = signal.sigtimedwait(SIGNALS, timeout)
         if info is None:
             return
+        if info.si_signo not in SIGNALS:  # 0 seen when a tracer (py-spy without --nonblocking) attached: not a request
+            log.debug("signal_wait_spurious", signo=info.si_signo)
+            return
         if info.si_signo == signal.SIGHUP:
             self.notifier.reloading()
             self.queue.put(Reload())
