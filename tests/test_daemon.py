@@ -120,7 +120,7 @@ def test_metrics_endpoint_serves_prometheus_text(agent):
     for family in ("minerwatch_processes_watched", "minerwatch_containers_watched", "minerwatch_findings",
                    "minerwatch_events", "minerwatch_events_dropped", "minerwatch_scan_seconds",
                    "minerwatch_alerts_delivered", "minerwatch_alerts_failed", "minerwatch_table_evictions",
-                   "minerwatch_behaviour_processes"):
+                   "minerwatch_behaviour_processes", "minerwatch_crossview"):
         assert family in names, family
 
 

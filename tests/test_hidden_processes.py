@@ -292,6 +292,22 @@ def test_a_census_that_disagrees_runs_the_probe_and_one_that_agrees_skips_it(tmp
     assert result.hidden == {} and result.probed == (0, 0), "the census agreed: no probe"
 
 
+def test_the_daemons_own_census_spares_the_cgroup_walk_and_the_probe_only_when_it_matches(tmp_path):
+    """run(census=N): N threads counted by the caller. Equal to nr_threads: no cgroup walk, no probe; one
+    short (a task hidden from the caller's listing): both run, and the hidden PID is found."""
+    fake_proc(tmp_path, 100, {7: 7, 42: 42})
+    fake_census(tmp_path, {7: 2, 42: 1}, nr_threads=3)
+    view = CrossView(proc_root=str(tmp_path), cgroup_root=str(tmp_path / "no-cgroups"), probe_slice=100)
+    view.getdents_view = view.readdir_view = lambda: {7}
+    walks = []
+    view.cgroup_view = lambda: walks.append(1)
+    result = view.run(census=2)
+    assert result.hidden == {42: ("readdir", "getdents")} and result.probed == (1, 100) and walks == [1]
+    view.getdents_view = view.readdir_view = lambda: {7, 42}
+    result = view.run(census=3)
+    assert result.hidden == {} and result.probed == (0, 0) and walks == [1], "agreed: neither walk nor probe"
+
+
 # --------------------------------------------------------------------------- the detector
 
 

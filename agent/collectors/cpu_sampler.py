@@ -57,13 +57,18 @@ class _Prev:
 
 
 def parse_status(status: bytes) -> tuple[int | None, int | None, int | None]:
-    """(HugetlbPages kB, VmRSS kB, Threads) from ``/proc/PID/status``; None for a field not there."""
-    found: dict[bytes, int] = {}
-    for line in status.splitlines():
-        key, _, rest = line.partition(b":")
-        if key in (b"HugetlbPages", b"VmRSS", b"Threads") and rest.split():
-            found[key] = int(rest.split()[0])
-    return found.get(b"HugetlbPages"), found.get(b"VmRSS"), found.get(b"Threads")
+    """(HugetlbPages kB, VmRSS kB, Threads) from ``/proc/PID/status``; None for a field not there.
+    Each key is looked for at a line start (a find, not a split of every line: read for every moving process)."""
+    def field(key: bytes) -> int | None:
+        at = status.find(b"\n" + key + b":")
+        if at < 0 and not status.startswith(key + b":"):
+            return None
+        start = at + len(key) + 2 if at >= 0 else len(key) + 1
+        end = status.find(b"\n", start)
+        words = status[start:end if end >= 0 else len(status)].split()
+        return int(words[0]) if words else None
+
+    return field(b"HugetlbPages"), field(b"VmRSS"), field(b"Threads")
 
 
 def parse_cpu_cgroup(text: bytes) -> tuple[str, str] | None:

@@ -16,7 +16,8 @@ bind-mount an empty directory over ``/proc/PID``. ``CrossView.run`` compares:
   and the probe is skipped (a sweep's probe of all of ``pid_max`` costs most of a warm sweep); when they
   disagree (a task born or gone meanwhile, another PID namespace's /proc, or something hidden), the
   probe runs. A getdents hook in the kernel does not change ``nr_threads``; one that did could answer
-  the probe's lookups as well.
+  the probe's lookups as well. The daemon brings its own count (``run(census=...)``: the threads its
+  pass just read from every ``stat`` for behaviour), and an agreeing count spares the cgroup walk too.
 
 A PID missing from the ``readdir`` or ``getdents`` listing while another view has it, still
 missing when that listing is taken again after every other view (a process born or gone in
@@ -163,7 +164,7 @@ class CrossView:
             os.close(dfd)
         return found, (lo, hi)
 
-    def _task_counters(self) -> tuple[int, int] | None:
+    def task_counters(self) -> tuple[int, int] | None:
         """(tasks ever created: ``processes`` of ``/proc/stat``, tasks now: ``nr_threads`` of ``/proc/loadavg``)."""
         try:
             forks = re.search(rb"^processes\s+(\d+)", read_bounded(f"{self.proc_root}/stat", limit=1 << 20), re.MULTILINE)
@@ -177,7 +178,7 @@ class CrossView:
         ``tries``: attempts while tasks come and go (an attempt stops at the first fork it notices)."""
         pids = list(pids)
         for _ in range(tries):
-            before = self._task_counters()
+            before = self.task_counters()
             if before is None:
                 return False
             total, moved = 0, False
@@ -187,12 +188,18 @@ class CrossView:
                 except (OSError, ValueError):  # gone (the count moved) or unreadable: no agreement
                     moved = True
                     break
-                if n % 256 == 0 and self._task_counters() != before:
+                if n % 256 == 0 and self.task_counters() != before:
                     moved = True
                     break
-            if not moved and self._task_counters() == before:
+            if not moved and self.task_counters() == before:
                 return total == before[1]  # steady and still apart: something is unlisted
         return False
+
+    def threads_of(self, pid: int) -> int | None:
+        try:
+            return parse_stat(read_once(f"{self.proc_root}/{pid}/stat")).num_threads
+        except (OSError, ValueError):
+            return None
 
     def _is_leader(self, pid: int) -> bool:
         """``pid`` is alive and a thread-group leader (``Tgid`` in its status is itself)."""
@@ -271,14 +278,21 @@ class CrossView:
 
     # ------------------------------------------------------------------ all of it
 
-    def run(self, roots: Iterable[tuple[str, int]] = ()) -> CrossViewResult:
-        """Every view once (the probe: one slice), then the listings again for what one of them lacked."""
+    def run(self, roots: Iterable[tuple[str, int]] = (), *, census: int | None = None) -> CrossViewResult:
+        """Every view once (the probe: one slice), then the listings again for what one of them lacked.
+
+        ``census``: the caller's count of the threads of every process it listed, read with
+        ``task_counters`` the same before and after; when it is the kernel's ``nr_threads``, no task is
+        unlisted, and neither the cgroup walk nor the probe is made (the daemon's pass has just read
+        every ``stat`` for behaviour: the count costs it nothing)."""
         started = self.clock()
+        counters = self.task_counters() if census is not None else None
+        agreed = counters is not None and census == counters[1]
         raw1 = self.getdents_view()
-        cg = self.cgroup_view()
+        cg = None if agreed else self.cgroup_view()
         libc1 = self.readdir_view()
         known = raw1 | libc1 | (cg or set())
-        if self.census and known == raw1 and self.census_agrees(raw1, tries=3):
+        if agreed or (self.census and known == raw1 and self.census_agrees(raw1, tries=3)):
             probed, span = set(), (0, 0)  # every task the kernel counts is listed: nothing for the probe to find
         else:
             probed, span = self.probe(known)

@@ -18,7 +18,7 @@ vanished) at its edge.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from agent.collectors.procparse import decode
 
@@ -66,9 +66,9 @@ def readlink(path: str | os.PathLike, *, dir_fd: int | None = None) -> str:
     return decode(os.readlink(os.fsencode(path), dir_fd=dir_fd))
 
 
-@dataclass(frozen=True, slots=True)
-class Stat:
-    """The fields of ``/proc/PID/stat`` the agent uses (``start_ticks`` is field 22, ``starttime``)."""
+class Stat(NamedTuple):
+    """The fields of ``/proc/PID/stat`` the agent uses (``start_ticks`` is field 22, ``starttime``).
+    A named tuple: one is made for every process in every pass (a frozen dataclass cost three times as much)."""
 
     comm: str
     state: str
@@ -91,15 +91,16 @@ def parse_stat(raw: bytes | str) -> Stat:
     """The fields of a ``/proc/PID/stat`` line; ValueError when it is malformed (or cut short).
 
     ``comm`` may hold spaces and ``)``, so the fields after it are found from the last ``)``;
-    it is decoded like all kernel text (``decode``).
+    it is decoded like all kernel text (``decode``); the numbers are split from the bytes as they are.
     """
-    text = decode(raw) if isinstance(raw, bytes) else raw
-    lpar, rpar = text.find("("), text.rfind(")")
+    lpar, rpar = raw.find("(" if isinstance(raw, str) else b"("), raw.rfind(")" if isinstance(raw, str) else b")")
     if lpar < 0 or rpar < lpar:
         raise ValueError("no (comm) in stat")
-    rest = text[rpar + 2:].split()
+    rest = raw[rpar + 2:].split()
     if len(rest) < 20:
         raise ValueError("stat too short")
+    comm = raw[lpar + 1:rpar]
     # rest[0] is field 3 (state): field N is rest[N - 3].
-    return Stat(comm=text[lpar + 1:rpar], state=rest[0], ppid=int(rest[1]), flags=int(rest[6]),
-                utime=int(rest[11]), stime=int(rest[12]), num_threads=int(rest[17]), start_ticks=int(rest[19]))
+    state = rest[0]
+    return Stat(decode(comm) if isinstance(comm, bytes) else comm, decode(state) if isinstance(state, bytes) else state,
+                int(rest[1]), int(rest[6]), int(rest[11]), int(rest[12]), int(rest[17]), int(rest[19]))

@@ -63,6 +63,12 @@ class DaemonCollector:
         for how, n in sorted(s.get("execs", {}).items()):
             execs.add_metric([how], n)
         yield execs
+        cross = CounterMetricFamily("minerwatch_crossview", "Hidden-process cross-views: runs, runs the task census "
+                                    "agreed (no probe), hidden and /proc-mounted processes, preload files found",
+                                    labels=["what"])
+        for what in ("runs", "census_agreed", "hidden", "mounted", "preload_files"):
+            cross.add_metric([what], s.get("crossview", {}).get(what, 0))
+        yield cross
         yield GaugeMetricFamily("minerwatch_known_executables", "Executables judged clean whole (their execs stop "
                                 "at a glance)", value=s.get("known_executables", 0))
         slow = CounterMetricFamily("minerwatch_work_over_budget", "Units of work (events, periodic passes) that "

@@ -39,7 +39,7 @@ class WorkerStats:
     alert_spool_errors: int = 0
     over_budget: Counter = field(default_factory=Counter)  # units of work that took longer than their budget
     execs: Counter = field(default_factory=Counter)  # quiet_at_a_glance, read_whole, glance_failed
-    crossview: Counter = field(default_factory=Counter)  # runs, hidden, mounted, preload_files
+    crossview: Counter = field(default_factory=Counter)  # runs, census_agreed, hidden, mounted, preload_files
     crossview_seconds: float = 0.0  # the last cross-view's cost
 
 

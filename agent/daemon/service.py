@@ -205,6 +205,7 @@ class Daemon:
             "detector_errors": w.p.judge.detector_errors,
             "over_budget": dict(s.over_budget),
             "execs": dict(s.execs),
+            "crossview": dict(s.crossview),
             "known_executables": len(w.p.known),
             "tracker_evicted": w.p.tracker.evicted,
             "behaviour_evicted": w.p.behaviour.evicted,

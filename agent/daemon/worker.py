@@ -179,11 +179,16 @@ class Worker:
         self.processes.new_pass(alive := set(pids))
         for pid in p.tracker.forget_gone(alive):
             p.behaviour.forget(pid)
-        if self.stats.scans % CROSSVIEW_EVERY == CROSSVIEW_EVERY - 1:
-            self.cross_view()
+        cross = self.stats.scans % CROSSVIEW_EVERY == CROSSVIEW_EVERY - 1 and p.crossview is not None
+        before = p.crossview.task_counters() if cross else None
         # Behaviour: one cheap stat read per process; details only for busy ones (see CpuSampler).
-        for sample in p.sampler.sample([pid for pid in pids if pid != self.processes.own_pid]):
+        samples = p.sampler.sample([pid for pid in pids if pid != self.processes.own_pid])
+        for sample in samples:
             p.behaviour.observe(sample)
+        if cross:  # the samples' thread counts are the census: no second read of every stat
+            own = p.crossview.threads_of(self.processes.own_pid)
+            listed = sum(s.threads for s in samples) + own if own is not None else None
+            self.cross_view(census=listed if before is not None and p.crossview.task_counters() == before else None)
         for sample in p.sampler.sample_cgroups(p.containers.cgroups()):
             p.behaviour.observe_cgroup(sample)
         p.behaviour.observe_host(p.sampler.host_artefacts())
@@ -207,20 +212,23 @@ class Worker:
         self.stats.scan_seconds += elapsed
         self.stats.last_scan_seconds = elapsed
 
-    def cross_view(self) -> None:
+    def cross_view(self, census: int | None = None) -> None:
         """The process table through every view (``collectors/crossview.py``): each hidden process is judged
-        with what hides it; each ``/etc/ld.so.preload`` (the host's, a known container's) as a file."""
+        with what hides it; each ``/etc/ld.so.preload`` (the host's, a known container's) as a file.
+        ``census``: the threads of every listed process, read with no task created or gone meanwhile."""
         p = self.p
         if p.crossview is None:
             return
         roots = [(cid, info.pid) for cid in p.containers.cgroups() if (info := p.containers.get(cid)) is not None]
         try:
-            result = p.crossview.run(roots)
+            result = p.crossview.run(roots, census=census)
         except Exception as exc:  # crash barrier: a bad cross-view must not cost the first scan or the pass
             self.stats.worker_errors += 1
             log.exception("crossview_failed", error=repr(exc))
             return
         self.stats.crossview["runs"] += 1
+        if result.probed == (0, 0):
+            self.stats.crossview["census_agreed"] += 1  # every task listed: no probe, no cgroup walk
         self.stats.crossview_seconds = result.elapsed
         for pid, views in result.hidden.items():
             self.stats.crossview["hidden"] += 1

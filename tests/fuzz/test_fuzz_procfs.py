@@ -1,7 +1,6 @@
 """Fuzz the procfs parsers (stat, status, cmdline, environ) with real and mutated /proc samples."""
 from __future__ import annotations
 
-import dataclasses
 
 import pytest
 from hypothesis import given
@@ -32,7 +31,7 @@ def stat_ok(text: str) -> Stat | None:
     except ValueError:
         return None
     assert isinstance(st_, Stat) and all(isinstance(getattr(st_, k), int) for k in STAT_INTS)
-    assert json_safe(dataclasses.asdict(st_))
+    assert json_safe(st_._asdict())
     return st_
 
 
