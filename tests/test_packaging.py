@@ -167,6 +167,33 @@ def test_frozen_builds_use_the_signatures_inside_them(dist, tmp_path):
     assert f"({dist.onedir / '_internal' / 'minerwatch_signatures'})" in d.stdout
 
 
+@BUILD
+def test_frozen_builds_run_the_memory_scan_helper_and_match_with_it(dist, tmp_path, spawn):
+    """The memory-scan helper of a frozen build is ``minerwatch __memread`` (there is no python to run
+    memread.py with): it reads a live process's memory and matches the rules given on stdin there."""
+    import yara
+
+    from agent.collectors import memread
+    from agent.signatures import YARA_MEMORY_EXTERNAL
+
+    marker = "mw-frozen-helper-" + "x" * 8
+    holder = spawn([sys.executable, "-c", f"import time; s = bytearray(b'{marker}') * 4; time.sleep(120)"])
+    rules = yara.compile(source=f'rule MarkerInMemory {{ strings: $a = "{marker}" condition: $a }}',
+                         externals={YARA_MEMORY_EXTERNAL: False})
+    saved = io.BytesIO()
+    rules.save(file=saved)
+    limits = memread.MemoryLimits()
+    for exe in (dist.onefile, dist.onedir / "minerwatch"):
+        out = subprocess.run([exe, memread.FROZEN_COMMAND, "/proc", str(holder.pid), str(limits.region_bytes),
+                              str(limits.head_bytes), str(limits.total_bytes), ",".join(limits.unsafe_fs),
+                              "--yara", "/nonexistent", YARA_MEMORY_EXTERNAL, "20"],
+                             input=saved.getvalue(), capture_output=True, timeout=120, env={"PATH": "/usr/bin:/bin"})
+        assert out.returncode == 0, out.stderr.decode(errors="replace")
+        lines = out.stdout.split(b"\n")
+        assert json.loads(lines[0])["regions"] > 0
+        assert [m["rule"] for m in json.loads(lines[1])] == ["MarkerInMemory"], exe
+
+
 # ------------------------------------------------------------------------------ the .deb
 
 

@@ -292,6 +292,18 @@ def _read(path: str) -> str:
         return f.read()
 
 
+FROZEN_COMMAND = "__memread"  # argv[1] of a frozen (PyInstaller) minerwatch that runs this helper
+
+
+def helper_argv(args: list[str]) -> list[str]:
+    """The command line of a helper process: ``python -I -S memread.py ARGS`` from a source install; in a
+    frozen build (where ``sys.executable`` is minerwatch itself and there is no memread.py on disk)
+    ``minerwatch __memread ARGS``, which its entry point hands to ``main`` before the CLI loads."""
+    if getattr(sys, "frozen", False):
+        return [sys.executable, FROZEN_COMMAND, *args]
+    return [sys.executable, "-I", "-S", __file__, *args]
+
+
 def _load_rules(yara_dir: str):
     """The rules the agent wrote on stdin, with ``yara`` imported from ``yara_dir`` (this runs with -I -S)."""
     import io

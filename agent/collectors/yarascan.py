@@ -36,7 +36,6 @@ import json
 import os
 import selectors
 import subprocess
-import sys
 import threading
 import time
 from collections import OrderedDict
@@ -302,9 +301,9 @@ class YaraScanner:
                 self._memory["skipped_timed_out" if timed_out else "skipped_stuck"] += 1
             raise _Skipped(errno.EBUSY, "timed out before" if timed_out else f"{stuck} helpers still stuck")
         limits = self.memory_limits
-        argv = [sys.executable, "-I", "-S", memread.__file__, self.proc_root, str(pid), str(limits.region_bytes),
-                str(limits.head_bytes), str(limits.total_bytes), ",".join(limits.unsafe_fs),
-                "--yara", os.path.dirname(yara.__file__), YARA_MEMORY_EXTERNAL, str(self.timeout)]
+        argv = memread.helper_argv([self.proc_root, str(pid), str(limits.region_bytes),
+                                    str(limits.head_bytes), str(limits.total_bytes), ",".join(limits.unsafe_fs),
+                                    "--yara", os.path.dirname(yara.__file__), YARA_MEMORY_EXTERNAL, str(self.timeout)])
         saved = self._saved_rules()
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 close_fds=True)
