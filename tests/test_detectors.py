@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from agent.detectors import cmdline, image_policy, location, network
@@ -153,13 +155,18 @@ def test_image_env_with_stratum_url():
 
 def test_wallet_and_pool_named_variables_alone_are_weak_and_miner_only_names_are_not():
     """A payments app's WALLET_ADDRESS / POOL_URL (no stratum URL, no wallet address in the values) is weak
-    image evidence: never above low alone. XMRIG_* or DONATE_LEVEL, which only miners read, stay strong."""
+    image evidence: never above low alone. XMRIG_* or DONATE_LEVEL, which only miners read, stay strong, and
+    so does a pool login (POOL_USER/POOL_PASS) beside a pool URL."""
     payments = ContainerInfo(id="x", image="busybox", env=("WALLET_ADDRESS=acct-0042", "POOL_URL=postgres://db:5432/pay"))
     evidence = image_policy.detect(payments, Context(SIGS))
     assert [e.strong for e in evidence if "miner variable" in e.detail] == [False]
     assert severity_of(evidence)[0] <= Severity.LOW
     miner = ContainerInfo(id="x", image="busybox", env=("XMRIG_EXE=/opt/x", "WALLET=acct-0042"))
     assert [e.strong for e in image_policy.detect(miner, Context(SIGS)) if "miner variable" in e.detail] == [True]
+    login = ContainerInfo(id="x", image="busybox", env=("POOL_URL=10.0.0.5:3333", "POOL_USER=rig1", "POOL_PASS=x"))
+    sigs = dataclasses.replace(SIGS, env_vars={**SIGS.env_vars, "POOL_USER": SIGS.env_vars["POOL_URL"],
+                                               "POOL_PASS": SIGS.env_vars["POOL_URL"]})
+    assert [e.strong for e in image_policy.detect(login, Context(sigs)) if "miner variable" in e.detail] == [True]
 
 
 def test_image_label_with_stratum_url():

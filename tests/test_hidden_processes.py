@@ -301,11 +301,15 @@ def test_the_daemons_own_census_spares_the_cgroup_walk_and_the_probe_only_when_i
     view.getdents_view = view.readdir_view = lambda: {7}
     walks = []
     view.cgroup_view = lambda: walks.append(1)
-    result = view.run(census=2)
+    counters = view.task_counters()
+    result = view.run(census=(2, counters))
     assert result.hidden == {42: ("readdir", "getdents")} and result.probed == (1, 100) and walks == [1]
     view.getdents_view = view.readdir_view = lambda: {7, 42}
-    result = view.run(census=3)
+    result = view.run(census=(3, counters))
     assert result.hidden == {} and result.probed == (0, 0) and walks == [1], "agreed: neither walk nor probe"
+    (tmp_path / "stat").write_text("cpu  1 2 3 4\nprocesses 12346\nprocs_running 1\n")  # a fork since the count
+    result = view.run(census=(3, counters))
+    assert result.probed == (1, 100) and walks == [1, 1], "counters moved since the caller's count: no agreement"
 
 
 # --------------------------------------------------------------------------- the detector

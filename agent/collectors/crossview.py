@@ -278,16 +278,17 @@ class CrossView:
 
     # ------------------------------------------------------------------ all of it
 
-    def run(self, roots: Iterable[tuple[str, int]] = (), *, census: int | None = None) -> CrossViewResult:
+    def run(self, roots: Iterable[tuple[str, int]] = (), *,
+            census: tuple[int, tuple[int, int]] | None = None) -> CrossViewResult:
         """Every view once (the probe: one slice), then the listings again for what one of them lacked.
 
-        ``census``: the caller's count of the threads of every process it listed, read with
-        ``task_counters`` the same before and after; when it is the kernel's ``nr_threads``, no task is
-        unlisted, and neither the cgroup walk nor the probe is made (the daemon's pass has just read
-        every ``stat`` for behaviour: the count costs it nothing)."""
+        ``census``: (the caller's count of the threads of every process it listed, the ``task_counters``
+        it read the same before and after); when the count is that ``nr_threads`` and the counters are
+        still the same now (no task created or gone since), no task is unlisted, and neither the cgroup
+        walk nor the probe is made (the daemon's pass has just read every ``stat`` for behaviour: the
+        count costs it nothing)."""
         started = self.clock()
-        counters = self.task_counters() if census is not None else None
-        agreed = counters is not None and census == counters[1]
+        agreed = census is not None and census[0] == census[1][1] and self.task_counters() == census[1]
         raw1 = self.getdents_view()
         cg = None if agreed else self.cgroup_view()
         libc1 = self.readdir_view()

@@ -26,6 +26,7 @@ from agent.model import ProcessSnapshot
 CGROUP_READ = 65536
 CMDLINE_FIRST_READ = 4096  # most command lines fit: one read; a full one goes on to the bound
 CGROUP_CACHE = 1024  # parsed cgroup texts kept (a CI job's processes share a handful)
+CGROUP_CACHE_TEXT = 2048  # only texts this short are kept: the cache stays under ~2 MiB
 PARTIAL = ("glance",)
 
 
@@ -47,9 +48,11 @@ def _cgroup_facts(text: str) -> tuple[str, str, str, str]:
     """``(container_id, runtime, path, claim)`` of a cgroup text, remembered by the text (pure functions of it)."""
     facts = _cgroups.get(text)
     if facts is None:
-        if len(_cgroups) >= CGROUP_CACHE:
-            _cgroups.clear()
-        facts = _cgroups[text] = (*cgroups.parse_cgroup(text), cgroups.cgroup_claim(text))
+        facts = (*cgroups.parse_cgroup(text), cgroups.cgroup_claim(text))
+        if len(text) <= CGROUP_CACHE_TEXT:  # long texts (a delegated subtree's deep paths) are not kept
+            if len(_cgroups) >= CGROUP_CACHE:
+                _cgroups.clear()
+            _cgroups[text] = facts
     return facts
 
 

@@ -188,7 +188,8 @@ class Worker:
         if cross:  # the samples' thread counts are the census: no second read of every stat
             own = p.crossview.threads_of(self.processes.own_pid)
             listed = sum(s.threads for s in samples) + own if own is not None else None
-            self.cross_view(census=listed if before is not None and p.crossview.task_counters() == before else None)
+            same = listed is not None and before is not None and p.crossview.task_counters() == before
+            self.cross_view(census=(listed, before) if same else None)
         for sample in p.sampler.sample_cgroups(p.containers.cgroups()):
             p.behaviour.observe_cgroup(sample)
         p.behaviour.observe_host(p.sampler.host_artefacts())
@@ -212,10 +213,10 @@ class Worker:
         self.stats.scan_seconds += elapsed
         self.stats.last_scan_seconds = elapsed
 
-    def cross_view(self, census: int | None = None) -> None:
+    def cross_view(self, census: tuple[int, tuple[int, int]] | None = None) -> None:
         """The process table through every view (``collectors/crossview.py``): each hidden process is judged
         with what hides it; each ``/etc/ld.so.preload`` (the host's, a known container's) as a file.
-        ``census``: the threads of every listed process, read with no task created or gone meanwhile."""
+        ``census``: (the threads of every listed process, the task counters unchanged around that read)."""
         p = self.p
         if p.crossview is None:
             return
@@ -268,6 +269,7 @@ class Worker:
         p.judge = p.judge.with_signatures(config, signatures)
         p.snapshots.use(config, signatures)
         p.known.clear()  # new rules and IOCs: what was clean is judged again
+        self.processes.quiet.clear()  # its entries hold the old judge (and its bundle) alive
         p.bulk.submit(UseRules(p.snapshots.yara_scanner()))
         p.containers.use(p.judge)
         if config.watch.paths != old.watch.paths:

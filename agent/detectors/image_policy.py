@@ -13,6 +13,7 @@ VERSION = 1
 TITLE = "Suspicious container image"
 
 _MINER_ONLY_ENV = ("XMRIG_", "DONATE_LEVEL")  # variable names only miners read
+_POOL_LOGIN = frozenset({"POOL_USER", "POOL_PASS"})
 _RULE = f"{ID}@{VERSION}"
 _HUB = ("docker.io", "index.docker.io", "registry-1.docker.io")
 
@@ -106,9 +107,11 @@ def detect(container: ContainerInfo, ctx: Context) -> list[Evidence]:
             break
     env_names = sorted({e.split("=", 1)[0] for e in container.env if sig.env_var(e.split("=", 1)[0].upper()) is not None})
     if env_names:
-        # Names payment apps use too (WALLET, POOL_URL...) are weak alone; a wallet address in a value is
-        # the pattern match above. Only names nothing but a miner sets stay strong.
-        specific = any(n.upper().startswith(_MINER_ONLY_ENV) for n in env_names)
+        # A name payment apps use too (WALLET, POOL_URL...) is weak alone; a wallet address in a value is
+        # the pattern match above. Names only miners set stay strong, and so does a pool login (POOL_USER or
+        # POOL_PASS) beside another miner variable: the shape of a miner image's pool configuration.
+        upper = {n.upper() for n in env_names}
+        specific = any(n.startswith(_MINER_ONLY_ENV) for n in upper) or len(upper) >= 2 and bool(upper & _POOL_LOGIN)
         out.append(Evidence("image", f"container environment sets miner variable(s) {', '.join(env_names)}", 20, _RULE,
                             strong=specific))
     return out
