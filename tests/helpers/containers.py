@@ -121,6 +121,9 @@ def tracking_scope(name: str = "scope") -> Iterator[Scope]:
         cleanup_scope(scope)
 
 
+MAX_UNANSWERED = 3  # timed-out removals before a cleanup gives up on the engine
+
+
 def remove_container(client, container_id: str) -> None:
     """Force-removes a container (unpausing it first); a missing one is fine."""
     import docker
@@ -160,10 +163,19 @@ def wait_gone(client, container_id: str, timeout: float = 30) -> None:
 def cleanup_scope(scope: Scope) -> list[str]:
     import docker
 
+    import requests
+
     errors = []
+    unanswered = 0  # removals the engine did not answer within the client's timeout
     for client, cid, name in reversed(scope.containers):
+        if unanswered >= MAX_UNANSWERED:  # a wedged engine: fail now, not after a timeout per container
+            errors.append(f"container {name} ({cid[:12]}): not removed, the engine stopped answering")
+            continue
         try:
             remove_container(client, cid)
+        except requests.exceptions.RequestException as exc:
+            unanswered += 1
+            errors.append(f"container {name} ({cid[:12]}): {exc}")
         except Exception as exc:  # noqa: BLE001
             errors.append(f"container {name} ({cid[:12]}): {exc}")
     scope.containers.clear()
