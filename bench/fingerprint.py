@@ -61,6 +61,7 @@ from bench.flood import (
     start_agents,
     stop_agents,
 )
+from tests.helpers import procs  # noqa: E402
 
 QUOTA_CORES = 0.1
 SERVICES_C = r"""
@@ -197,18 +198,7 @@ class QuotaCgroups:
         return {d.name: "/" + str(d.relative_to(self.mount)) for d in self.dirs}
 
     def __exit__(self, *exc) -> None:
-        deadline = time.monotonic() + 20
-        for d in [*self.dirs, self.top]:
-            while d.exists():
-                for pid in (d / "cgroup.procs").read_text().split():
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(int(pid), 9)
-                try:
-                    d.rmdir()
-                except OSError:  # EBUSY while the killed leave
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.1)
+        procs.remove_cgroups([*self.dirs, self.top])
 
 
 class Services:
@@ -337,9 +327,9 @@ def main() -> int:
                             ("limited", "with a CPU limit found")):
                 table.row(what, ms(o["counts"][c]) if o else None, ms(n["counts"][c]), "{:.0f}")
             cost = total[new.commit] - (total[old.commit] if old else 0.0)
-            procs, moved = ms(n["counts"]["processes"]), ms(n["counts"]["detailed"])
-            print(f"fingerprint cost per pass (new - old): {cost:.2f} ms CPU on {procs:.0f} processes "
-                  f"({1000 * cost / max(1.0, procs):.1f} us per process; {1000 * cost / max(1.0, moved):.0f} us per "
+            n_procs, moved = ms(n["counts"]["processes"]), ms(n["counts"]["detailed"])
+            print(f"fingerprint cost per pass (new - old): {cost:.2f} ms CPU on {n_procs:.0f} processes "
+                  f"({1000 * cost / max(1.0, n_procs):.1f} us per process; {1000 * cost / max(1.0, moved):.0f} us per "
                   f"process whose CPU moved, {moved:.0f} a pass)", flush=True)
 
             print(f"\n2. the real daemon: interval 5 s, settle {args.settle:g} s, window {args.measure:g} s, both at once",

@@ -88,24 +88,23 @@ def breakdown(tree: baseline.Tree) -> dict[str, float]:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def status(pid: int) -> dict[str, float]:
+def _mib_fields(path: str, keys: tuple[str, ...]) -> dict[str, float]:
+    """``keys`` of a ``Key: N kB`` file (``status``, ``smaps_rollup``) in MiB."""
     out = {}
-    with open(f"/proc/{pid}/status") as f:
+    with open(path) as f:
         for line in f:
             key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
+            if key in keys:
                 out[key] = int(value.split()[0]) / 1024
     return out
+
+
+def status(pid: int) -> dict[str, float]:
+    return _mib_fields(f"/proc/{pid}/status", ("VmRSS", "VmHWM", "RssAnon", "RssFile"))
 
 
 def rollup(pid: int) -> dict[str, float]:
-    out = {}
-    with open(f"/proc/{pid}/smaps_rollup") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key in ("Rss", "Anonymous", "Private_Dirty", "Shared_Clean"):
-                out[key] = int(value.split()[0]) / 1024
-    return out
+    return _mib_fields(f"/proc/{pid}/smaps_rollup", ("Rss", "Anonymous", "Private_Dirty", "Shared_Clean"))
 
 
 class Sampler:

@@ -29,6 +29,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from tests.agentproc import AgentProcess  # noqa: E402
 from tests.helpers import build, containers, images, procs  # noqa: E402
 from tests.helpers.pool import FakePool  # noqa: E402
 
@@ -160,3 +161,14 @@ def spawn():
 def fake_pool():
     with FakePool() as pool:
         yield pool
+
+
+@pytest.fixture
+def agent(tmp_path):
+    """A real daemon (2 s passes) that alerts from low up, stopped cleanly at the end: what the false-alarm
+    and throttled-miner tests watch. A module with its own ``agent`` fixture (test_daemon) overrides it."""
+    a = AgentProcess(tmp_path / "agent", interval=2.0, extra='[detect]\nalert_severity = "low"\n').start()
+    try:
+        yield a
+    finally:
+        assert a.stop() == 0, a.log()[-2000:]

@@ -15,9 +15,7 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 
-from tests.agentproc import AgentProcess
 from tests.helpers import procs
 from tests.helpers.pool import FakePool
 
@@ -86,15 +84,6 @@ def _start(spawn, args, **kw) -> subprocess.Popen:
     p = spawn(args, stdout=subprocess.PIPE, text=True, **kw)
     assert p.stdout.readline().strip() == "ready", f"{args} did not start"
     return p
-
-
-@pytest.fixture
-def agent(tmp_path):
-    a = AgentProcess(tmp_path / "agent", interval=2.0, extra='[detect]\nalert_severity = "low"\n').start()
-    try:
-        yield a
-    finally:
-        assert a.stop() == 0, a.log()[-2000:]
 
 
 def test_benign_look_alikes_stay_below_medium_for_90s(agent, tmp_path, spawn, docker_run, base_image, helper_bins):

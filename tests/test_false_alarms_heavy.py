@@ -43,7 +43,6 @@ from typing import Self
 import pytest
 
 from agent.response.freezer import parse_mountinfo
-from tests.agentproc import AgentProcess
 from tests.helpers import images, procs
 
 RANK = {"low": 1, "medium": 2, "high": 3, "critical": 4}
@@ -282,20 +281,7 @@ class Slices:
         return ["sh", "-c", f'echo $$ > {procs_file} && exec "$@"', name]
 
     def __exit__(self, *exc) -> None:
-        deadline = time.monotonic() + 20
-        for d in [*self.dirs.values(), self.top]:
-            while d.exists():
-                for pid in (d / "cgroup.procs").read_text().split():
-                    try:
-                        os.kill(int(pid), 9)
-                    except ProcessLookupError:
-                        pass
-                try:
-                    d.rmdir()
-                except OSError:  # EBUSY while killed tasks leave
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.1)
+        procs.remove_cgroups([*self.dirs.values(), self.top])
 
 
 @pytest.fixture
@@ -336,15 +322,6 @@ def postgres(spawn, built, slices):
             except subprocess.TimeoutExpired:
                 server.kill()
         shutil.rmtree(top, ignore_errors=True)
-
-
-@pytest.fixture
-def agent(tmp_path):
-    a = AgentProcess(tmp_path / "agent", interval=2.0, extra='[detect]\nalert_severity = "low"\n').start()
-    try:
-        yield a
-    finally:
-        assert a.stop() == 0, a.log()[-2000:]
 
 
 def _sessions_pids(sids: set[int]) -> dict[int, int]:

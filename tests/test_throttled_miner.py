@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.agentproc import AgentProcess
 from tests.helpers import images
 from tests.helpers.build import build_dynamic
 from tests.helpers.rxpack import pack
@@ -54,15 +53,6 @@ def miner_image(docker_client) -> str:
         assert needle not in packed, f"the packed file shows {needle!r}"
     files = {"/usr/local/bin/svcd": (packed, 0o755), **_libraries(stub, LIBRANDOMX)}
     return images.import_image(docker_client, "minerwatch-test/rxsvc:1", files)
-
-
-@pytest.fixture
-def agent(tmp_path):
-    a = AgentProcess(tmp_path / "agent", interval=2.0, extra='[detect]\nalert_severity = "low"\n').start()
-    try:
-        yield a
-    finally:
-        assert a.stop() == 0, a.log()[-2000:]
 
 
 def _top(alerts: list[dict], container_id: str) -> int:

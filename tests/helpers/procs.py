@@ -229,3 +229,23 @@ class Spawner:
                 p.send_signal(sig)
         except (ProcessLookupError, PermissionError):
             pass
+
+
+def remove_cgroups(dirs, timeout: float = 20.0) -> None:
+    """Kill every process in each cgroup directory (children before parents, as given) and remove it,
+    retrying while the killed leave (EBUSY) for up to ``timeout`` seconds."""
+    import contextlib
+    import time
+
+    deadline = time.monotonic() + timeout
+    for d in dirs:
+        while d.exists():
+            for pid in (d / "cgroup.procs").read_text().split():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+            try:
+                d.rmdir()
+            except OSError:  # EBUSY while killed tasks leave
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
