@@ -50,6 +50,7 @@ class Worker:
                                    own_container=own_container)
         self.ready = threading.Event()
         self.heartbeat = clock()
+        self.listed: dict[int, int] = {}  # the previous pass's processes: PID -> start time (clock ticks)
 
     # ------------------------------------------------------------------ the thread
 
@@ -199,9 +200,17 @@ class Worker:
         # A process started before this is not young: its connections are all there to be read.
         young_s = (p.tracker.young_rechecks + 1) * self.config.agent.interval
         born_before = p.snapshots.ticks_ago(young_s)
+        listed, self.listed = self.listed, {s.pid: s.start_ticks for s in samples}
         for n, pid in enumerate(pids):
-            # New (missed by the connector, or none), young, suspicious: read whole.
-            if pid not in p.tracker or p.tracker.due(pid, born_before=born_before, pass_no=self.stats.scans):
+            # Young or suspicious: read whole. Untracked: read whole when new (missed by the connector,
+            # or none) or a reused PID; one listed as the same process in the previous pass was read
+            # then (judged, and evicted from a full table or never kept): reading it again every pass
+            # would evict another. Its behaviour is still sampled above.
+            if pid in p.tracker:
+                due = p.tracker.due(pid, born_before=born_before, pass_no=self.stats.scans)
+            else:
+                due = (start := self.listed.get(pid)) is None or listed.get(pid) != start
+            if due:
                 self.processes.inspect_pid(pid)
             if n % (4 * SERVE_EVERY) == 4 * SERVE_EVERY - 1:
                 self.serve_waiting()
