@@ -77,10 +77,25 @@ def test_many_samples_over_too_short_a_span_are_not_sustained():
 
 
 def test_idle_process_is_not_sustained_and_not_a_candidate():
-    """A sleeping process is flat at zero: not sustained, never scanned."""
+    """A sleeping process takes no entry (no verdict, never scanned); one that barely moves is not sustained."""
     m = model()
     feed(m, 14, [0.0] * 8)
-    assert not m.verdict(14).sustained and m.candidates() == []
+    assert m.verdict(14) is None and len(m) == 0 and m.candidates() == []
+    feed(m, 13, [0.001] * 8)
+    assert not m.verdict(13).sustained and m.candidates() == []
+
+
+def test_an_entry_starts_from_the_reading_before_the_cpu_moved():
+    """The first reading that shows CPU creates the entry with the previous one: its first rate is there at once."""
+    m = model()
+    m.observe(ProcessCpuSample(12, 7, 1000.0, 3.0))
+    m.observe(ProcessCpuSample(12, 7, 1005.0, 3.0))
+    assert m.verdict(12) is None
+    m.observe(ProcessCpuSample(12, 7, 1010.0, 8.0))
+    v = m.verdict(12)
+    assert v.stats.samples == 1 and v.mean_cpu == pytest.approx(1.0) and v.stats.span_s == 5.0
+    m.observe(ProcessCpuSample(12, 8, 1015.0, 9.0))  # a reused PID: the seed is the old process's, not used
+    assert m.verdict(12) is None and m.verdict(12, start_ticks=7) is None
 
 
 def test_window_forgets_old_busy_samples():
@@ -97,9 +112,10 @@ def test_pid_reuse_resets_history():
     m = model()
     t = feed(m, 16, [1.0] * 6, start_ticks=1)
     m.observe(ProcessCpuSample(16, 2, t + 5, 0.5))
+    assert m.verdict(16, start_ticks=1) is None and m.verdict(16) is None, "the new one has no history (yet)"
+    m.observe(ProcessCpuSample(16, 2, t + 10, 5.5))
     v = m.verdict(16)
-    assert v.start_ticks == 2 and v.stats.samples == 0 and not v.sustained
-    assert m.verdict(16, start_ticks=1) is None
+    assert v.start_ticks == 2 and v.stats.samples == 1 and not v.sustained
 
 
 def test_out_of_order_samples_are_ignored():
@@ -124,21 +140,27 @@ def test_processes_not_seen_for_two_windows_are_forgotten():
     m = model()
     feed(m, 19, [1.0] * 3)
     m.observe_cgroup(CgroupCpuSample("gone", 1000, 1.0))
-    feed(m, 20, [0.0] * 40, start=1000)
+    feed(m, 20, [0.001] * 40, start=1000)
     assert m.verdict(19) is None and m.verdict(20) is not None and m.forgotten == 1
     assert m.cgroup_verdict("gone") is None
 
 
 def test_tracked_processes_are_capped():
-    """Beyond max_pids an entry is evicted (counted): a known-idle one first, else the newest single reading."""
+    """Beyond max_pids an entry is evicted (counted): a known-idle one first, else the newest single reading,
+    else the least recently seen."""
     m = model(max_pids=3)
-    for pid in (1, 2, 3, 4):
+    for pid in (1, 2, 3):  # three that moved once, then went idle
         m.observe(ProcessCpuSample(pid, 1, 1000 + pid, 0.0))
-    assert len(m) == 3 and m.evicted == 1 and m.verdict(3) is None, "the newest single reading made room"
-    for pid in (1, 2, 4):  # second readings: all three are now known to be idle
-        m.observe(ProcessCpuSample(pid, 1, 1010 + pid, 0.0))
-    m.observe(ProcessCpuSample(5, 1, 1020, 0.0))
-    assert len(m) == 3 and m.evicted == 2 and m.verdict(1) is None, "the least recently seen idle one went"
+        m.observe(ProcessCpuSample(pid, 1, 1005 + pid, 1.0))
+        m.observe(ProcessCpuSample(pid, 1, 1010 + pid, 1.0))
+    m.note_artefact(4, 1, MSR_MODPROBE_CHILD, 1020)  # no reading yet, but noted
+    assert len(m) == 3 and m.evicted == 1 and m.verdict(1) is None, "the least recently seen idle one went"
+    m.observe(ProcessCpuSample(5, 1, 1021, 0.0, hugetlb_kb=0))  # a detailed reading: an entry at once
+    assert len(m) == 3 and m.evicted == 2 and m.verdict(5) is not None and m.verdict(2) is None
+    for pid in (6, 7):  # busy ones: the idle 3 goes, then (nothing idle left) the newest single reading, 5
+        m.observe(ProcessCpuSample(pid, 1, 1030, 0.0))
+        m.observe(ProcessCpuSample(pid, 1, 1035, 5.0))
+    assert m.evicted == 4 and m.verdict(3) is None and m.verdict(5) is None and m.verdict(4) is not None
 
 
 def test_candidates_are_rate_limited_per_process():
@@ -328,13 +350,15 @@ def test_behaviour_raises_a_finding_with_another_signal():
 
 def test_idle_process_without_artefacts_gives_no_evidence():
     """A quiet process with no artefacts gives nothing."""
-    assert det.process_evidence(verdict(rates=(0.0,) * 6)) == []
+    assert verdict(rates=(0.0,) * 6) is None, "a sleeping process has no entry: nothing to give evidence from"
+    assert det.process_evidence(verdict(rates=(0.001,) * 6)) == []
 
 
 def test_randomx_sized_anonymous_mapping_counts_on_a_busy_process_only():
     """A 260 MiB anonymous mapping counts on a busy process, not on an idle one."""
     assert any("anonymous mapping" in e.detail for e in det.process_evidence(verdict(anon_big_mappings_mb=(260,))))
     assert det.process_evidence(verdict(rates=(0.0,) * 6, anon_big_mappings_mb=(260,))) == []
+    assert det.process_evidence(verdict(rates=(0.001,) * 6, anon_big_mappings_mb=(260,))) == []
 
 
 def test_detect_reads_the_verdict_a_snapshot_carries():
@@ -450,16 +474,19 @@ def test_benign_cpu_heavy_container_stays_below_medium(docker_run, base_image, b
 
 
 def test_a_flood_of_idle_processes_never_pushes_out_a_busy_one():
-    """With the table full of idle processes, new ones evict idle entries: a busy process keeps its
-    history and becomes sustained (before, the least recently seen went, in PID order, whatever it was)."""
+    """Sleeping processes take no entry; a flood of barely moving ones (4x the table) evicts idle entries:
+    a busy process keeps its history and becomes sustained (before, the least recently seen went, in PID
+    order, whatever it was)."""
     clock = Clock()
-    m = BehaviourModel(window_s=60, min_samples=4, min_span_s=20, max_pids=100, clock=clock)
-    busy_pid, cpu = 50, 0.0
-    for n in range(8):
-        t = 1000.0 + 10 * n
-        cpu += 10.0  # one core
-        for pid in range(1, 400):  # the flood: 399 processes, 4x the table
-            total = cpu if pid == busy_pid else 1.0
-            m.observe(ProcessCpuSample(pid=pid, start_ticks=pid, t=t, cpu_seconds_total=total))
-    v = m.verdict(busy_pid)
-    assert v is not None and v.sustained and m.evicted > 0 and len(m) <= 100
+    for flood_cpu in (0.0, 0.001):  # cores each
+        m = BehaviourModel(window_s=60, min_samples=4, min_span_s=20, max_pids=100, clock=clock)
+        busy_pid, cpu = 50, 0.0
+        for n in range(8):
+            t = 1000.0 + 10 * n
+            cpu += 10.0  # one core
+            for pid in range(1, 400):
+                total = cpu if pid == busy_pid else 1.0 + flood_cpu * 10 * n
+                m.observe(ProcessCpuSample(pid=pid, start_ticks=pid, t=t, cpu_seconds_total=total))
+        v = m.verdict(busy_pid)
+        assert v is not None and v.sustained and len(m) <= 100
+        assert (m.evicted, len(m)) == (0, 1) if flood_cpu == 0 else m.evicted > 0

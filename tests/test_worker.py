@@ -280,8 +280,14 @@ def test_behaviour_reaches_the_detector_on_the_snapshot(tmp_path, spawn, helper_
     (first,) = rig.findings_for(miner.pid)
     assert first.process.behaviour is None  # no samples yet
     rig.worker.periodic()
+    assert rig.findings_for(miner.pid)[-1].process.behaviour is None, "one reading: no rate yet, no entry"
+    used = procs.cpu_seconds(miner.pid)
+    procs.wait_until(lambda: procs.cpu_seconds(miner.pid) > used, 10, 0.02, "the miner used CPU")
+    rig.clock.t += 5
+    rig.worker.periodic()
     last = rig.findings_for(miner.pid)[-1]
     assert last.process.behaviour is not None and last.process.behaviour.pid == miner.pid
+    assert last.process.behaviour.stats.samples == 1, "its first rate, from the reading before it"
 
 
 def test_a_reload_swaps_judge_and_rules_in_one_place_and_keeps_the_responder(tmp_path):
