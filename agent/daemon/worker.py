@@ -22,6 +22,7 @@ from agent.daemon.parts import Parts, WorkerStats
 from agent.daemon.processes import Processes
 from agent.errors import MinerwatchError
 from agent.events import ContainerEvent, EventQueue, ExecEvent, FileScanned, MemoryScan, MemoryScanned, Reload
+from agent.model import ProcessCpuSample
 from agent.signatures import Signatures
 
 log = structlog.get_logger("minerwatch.worker")
@@ -165,7 +166,9 @@ class Worker:
         """At start: every running container and every process, like a sweep (until ``stop``)."""
         self.resync()
         self.cross_view()  # first: a hidden process is judged with what hides it
-        for n, pid in enumerate(self.p.snapshots.pids()):
+        pids = self.p.snapshots.pids()
+        self.note_listed(pids)
+        for n, pid in enumerate(pids):
             if stop.is_set():
                 return
             if pid not in self.p.tracker:
@@ -183,9 +186,8 @@ class Worker:
         cross = self.stats.scans % CROSSVIEW_EVERY == CROSSVIEW_EVERY - 1 and p.crossview is not None
         before = p.crossview.task_counters() if cross else None
         # Behaviour: one cheap stat read per process; details only for busy ones (see CpuSampler).
-        samples = p.sampler.sample([pid for pid in pids if pid != self.processes.own_pid])
-        for sample in samples:
-            p.behaviour.observe(sample)
+        previous = self.listed
+        samples = self.note_listed(pids)
         if cross:  # the samples' thread counts are the census: no second read of every stat
             own = p.crossview.threads_of(self.processes.own_pid)
             listed = sum(s.threads for s in samples) + own if own is not None else None
@@ -200,16 +202,15 @@ class Worker:
         # A process started before this is not young: its connections are all there to be read.
         young_s = (p.tracker.young_rechecks + 1) * self.config.agent.interval
         born_before = p.snapshots.ticks_ago(young_s)
-        listed, self.listed = self.listed, {s.pid: s.start_ticks for s in samples}
         for n, pid in enumerate(pids):
             # Young or suspicious: read whole. Untracked: read whole when new (missed by the connector,
-            # or none) or a reused PID; one listed as the same process in the previous pass was read
-            # then (judged, and evicted from a full table or never kept): reading it again every pass
-            # would evict another. Its behaviour is still sampled above.
+            # or none) or a reused PID; one listed as the same process in the previous pass (or the
+            # first scan) was read then (judged, and evicted from a full table or never kept): reading
+            # it again every pass would evict another. Its behaviour is still sampled above.
             if pid in p.tracker:
                 due = p.tracker.due(pid, born_before=born_before, pass_no=self.stats.scans)
             else:
-                due = (start := self.listed.get(pid)) is None or listed.get(pid) != start
+                due = (start := self.listed.get(pid)) is None or previous.get(pid) != start
             if due:
                 self.processes.inspect_pid(pid)
             if n % (4 * SERVE_EVERY) == 4 * SERVE_EVERY - 1:
@@ -221,6 +222,17 @@ class Worker:
         self.stats.scans += 1
         self.stats.scan_seconds += elapsed
         self.stats.last_scan_seconds = elapsed
+
+    def note_listed(self, pids: list[int]) -> list[ProcessCpuSample]:
+        """Sample every process into the behaviour model and remember which were listed, as which process
+        (``listed``, PID -> start time: the next pass reads an untracked one whole only if it is not there).
+        At start too: the first pass then does not read again what the first scan judged and a full
+        tracker evicted (which, in PID order, evicted the next one, through the whole table)."""
+        samples = self.p.sampler.sample([pid for pid in pids if pid != self.processes.own_pid])
+        for sample in samples:
+            self.p.behaviour.observe(sample)
+        self.listed = {s.pid: s.start_ticks for s in samples}
+        return samples
 
     def cross_view(self, census: tuple[int, tuple[int, int]] | None = None) -> None:
         """The process table through every view (``collectors/crossview.py``): each hidden process is judged
