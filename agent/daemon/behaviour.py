@@ -24,53 +24,17 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 
+from agent.daemon.cpu_series import MAX_READINGS, CpuSeries
 from agent.detectors.behaviour import randomx_size
 from agent.model import (
     HUGEPAGES_RAISED, MSR_LOADED, MSR_WRITES_ON, BehaviourVerdict, CgroupCpuSample, CgroupVerdict, CpuStats,
     HostArtefacts, ProcessCpuSample,
 )
 
-_MAX_READINGS = 64  # per series; more samples per window than this only shortens the span
 _EVICT_SCAN = 256  # entries looked at (oldest first) for an idle one to evict
 _IDLE_CORES = 0.01
 _MAX_PENDING = 100_000  # last readings of processes without an entry (oldest dropped first)
 _MIN_LIMIT_CORES = 0.05  # a limit below this is not judged relative (a few ms per second say nothing)
-
-
-class _Series:
-    """``(t, cumulative seconds)`` readings inside the window, oldest first."""
-
-    __slots__ = ("readings",)
-
-    def __init__(self) -> None:
-        self.readings: deque[tuple[float, float]] = deque(maxlen=_MAX_READINGS)
-
-    def add(self, t: float, total: float, window_s: float) -> None:
-        if self.readings:
-            last_t, last_total = self.readings[-1]
-            if t <= last_t:
-                return  # a duplicate or late reading says nothing new
-            if total < last_total:
-                self.readings.clear()  # a counter that went back: a new cgroup or a bad read
-        self.readings.append((t, total))
-        while self.readings[0][0] < t - window_s:
-            self.readings.popleft()
-
-    def last_rate(self) -> float:
-        if len(self.readings) < 2:
-            return 0.0
-        (t0, c0), (t1, c1) = self.readings[-2], self.readings[-1]
-        return (c1 - c0) / (t1 - t0)
-
-    def stats(self) -> CpuStats:
-        r = self.readings
-        if len(r) < 2:
-            return CpuStats()
-        rates = [(c1 - c0) / (t1 - t0) for (t0, c0), (t1, c1) in zip(r, list(r)[1:])]
-        span = r[-1][0] - r[0][0]
-        mean = (r[-1][1] - r[0][1]) / span
-        cv = statistics.pstdev(rates) / mean if mean > 1e-6 else 0.0
-        return CpuStats(len(rates), span, mean, cv)
 
 
 class _Proc:
@@ -80,8 +44,8 @@ class _Proc:
 
     def __init__(self, start_ticks: int, t: float) -> None:
         self.start_ticks = start_ticks
-        self.series = _Series()
-        self.busy_counts: deque[tuple[float, int]] = deque(maxlen=_MAX_READINGS)
+        self.series = CpuSeries()
+        self.busy_counts: deque[tuple[float, int]] = deque(maxlen=MAX_READINGS)
         self.threads = 0
         self.hugetlb_kb = 0
         self.first_hugetlb_t: float | None = None
@@ -102,7 +66,7 @@ class _Cgroup:
     __slots__ = ("series", "last_seen", "limit")
 
     def __init__(self, t: float) -> None:
-        self.series = _Series()
+        self.series = CpuSeries()
         self.last_seen = t
         self.limit: float | None = None
 
