@@ -28,8 +28,8 @@ the same seconds, and each miner start is timed to each agent's alert, so passin
 other work on the host hits both alike (each also sees the other as one more idle process).
 ``--one-at-a-time`` runs them in turn instead (old, then new, per phase). Alert lines are read without schema validation
 (each revision has its own schema; the suite validates alerts).
-Targets (PRODUCT.md, issue 14), checked on the new revision only: at most 1% of one core and 80 MiB
-resident; p95 start-to-alert <= 1 s, also during the files' first scan and the memory scans.
+Targets (PRODUCT.md, issue 14), checked on the new revision only: at most 1% of one core and 60 MiB
+resident (the highest reading in the steady window; bench/memory.py measures the first-scan peak); p95 start-to-alert <= 1 s, also during the files' first scan and the memory scans.
 Exit code 1 when a target is missed. Every process, container and file made is removed, also on
 Ctrl-C or SIGTERM.
 Needs root, a running Docker engine and the test helpers (it builds them offline, like the tests).
@@ -59,7 +59,7 @@ from tests.agentproc import AgentProcess  # noqa: E402
 from tests.helpers import build, containers, images  # noqa: E402
 from tests.helpers.containers import TEST_WALLET  # noqa: E402
 
-CPU_TARGET_PCT, RSS_TARGET_MIB, P95_TARGET_S = 1.0, 80.0, 1.0
+CPU_TARGET_PCT, RSS_TARGET_MIB, P95_TARGET_S = 1.0, 60.0, 1.0
 LABEL = {"minerwatch.bench": "daemon"}
 
 
