@@ -127,7 +127,7 @@ class FileInspector:
         if st.st_size == 0:
             self.counters["empty"] += 1
             return None
-        key = (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        key = (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)  # ctime: mtime can be set back
         if key in self._recent:
             self._recent.move_to_end(key)
             self.counters["debounced"] += 1
