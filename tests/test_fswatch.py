@@ -437,6 +437,34 @@ def test_non_candidates_and_vanished_files_give_nothing(inspector, tmp_path):
     assert inspector.counters["not_candidate"] == 1 and inspector.counters["vanished"] == 1
 
 
+def test_a_plain_file_is_not_opened_again_until_its_content_identity_changes(inspector, tmp_path):
+    """A walked file found not to be a candidate is not opened by the next walk; a same-size rewrite
+    with its mtime set back (ctime moves) or a chmod +x makes it read again. The inspector's
+    debounce of repeated events keys on ctime too, so the same rewrite is inspected, not debounced."""
+    from agent.collectors import files
+
+    cache = HashCache()
+    data = tmp_path / "notes.bin"
+    data.write_bytes(b"hello, plain data\n" * 4)
+    other = tmp_path / "other.txt"
+    other.write_text("just text\n")
+    assert list(files.scan_paths([str(tmp_path)], cache, 1 << 20)) == [] and cache.stats()["plain"] == 2
+    with OpenSpy(data) as spy:
+        assert list(files.scan_paths([str(tmp_path)], cache, 1 << 20)) == []
+        assert not spy.opened(), "a plain file was opened again although nothing about it changed"
+    assert inspector.inspect(FileEvent(str(data))) is None and inspector.counters["not_candidate"] == 1
+    before = data.stat()
+    size = before.st_size
+    data.write_bytes((b"\x7fELF" + b"\0" * size)[:size])  # the same size, an ELF now, mtime set back
+    os.utime(data, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert data.stat().st_mtime_ns == before.st_mtime_ns and data.stat().st_size == size
+    (snap,) = files.scan_paths([str(tmp_path)], cache, 1 << 20)
+    assert snap.path == str(data) and snap.is_elf
+    assert inspector.inspect(FileEvent(str(data))) is not None, "debounced on (size, mtime) alone"
+    other.chmod(0o755)
+    assert [s.path for s in files.scan_paths([str(tmp_path)], cache, 1 << 20)] == [str(data), str(other)]
+
+
 def test_non_utf8_file_name(inspector, tmp_path):
     """A file name that is not UTF-8 is inspected without error."""
     raw = os.path.join(os.fsencode(tmp_path), b"\xff\xfe-miner")

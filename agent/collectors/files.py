@@ -76,7 +76,11 @@ def snapshot_file(path: str, cache: HashCache, max_bytes: int, *, container_id: 
     The file is opened once (``name`` relative to ``dir_fd`` when given, else ``path``, beneath
     ``root`` when given), by ``confined.open_regular``, and its head, size, mode and hashes all
     come from that one descriptor: nothing swapped in later is read, no device is opened.
+    A file whose ``st`` (its lstat) is the content identity of one read before and found not to
+    be a candidate is not opened again (``HashCache.is_plain``; a write, chmod or rename changes ctime).
     """
+    if st is not None and cache.is_plain(st):
+        return None
     try:
         fd = _open_snapshot(path, cache, root, dir_fd, name)
     except OSError:
@@ -88,6 +92,8 @@ def snapshot_file(path: str, cache: HashCache, max_bytes: int, *, container_id: 
         head = os.pread(fd, 64, 0)
         candidate, is_elf, is_script = is_candidate(st, head)
         if not candidate:
+            if len(head) >= 4 or st.st_size == len(head):  # a short read of a growing file is not kept
+                cache.note_plain(st)
             return None
         partial: tuple[str, ...] = ()
         hashes = None

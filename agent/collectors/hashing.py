@@ -80,6 +80,9 @@ class HashCache:
         self._max = max_entries
         self.wall_ns = wall_ns
         self._data: OrderedDict[bytes, bytes | Hashes] = OrderedDict()
+        # Files read and found not to be candidates (not executable, no ELF or script head), by the same
+        # content identity: a walk does not open them again until their content, mode or ctime changes.
+        self._plain: OrderedDict[bytes, None] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
@@ -104,6 +107,24 @@ class HashCache:
             while len(self._data) > self._max:
                 self._data.popitem(last=False)
 
+    def is_plain(self, st: os.stat_result) -> bool:
+        """Whether the file with this stat (its content identity, ``cache_key``) was found not to be a candidate."""
+        packed = _KEY.pack(*cache_key(st))
+        with self._lock:
+            if packed not in self._plain:
+                return False
+            self._plain.move_to_end(packed)
+            return True
+
+    def note_plain(self, st: os.stat_result) -> None:
+        """Remember that the file with this ``fstat`` (of the descriptor read) is not a candidate."""
+        packed = _KEY.pack(*cache_key(st))
+        with self._lock:
+            self._plain[packed] = None
+            self._plain.move_to_end(packed)
+            while len(self._plain) > self._max:
+                self._plain.popitem(last=False)
+
     def count_refused(self, reason: str) -> None:
         with self._lock:
             self.refused[reason] = self.refused.get(reason, 0) + 1
@@ -119,7 +140,7 @@ class HashCache:
     def stats(self) -> dict[str, int]:
         """Counters for metrics: entries, hits, misses and ``refused_<reason>``."""
         with self._lock:
-            out = {"entries": len(self._data), "hits": self.hits, "misses": self.misses}
+            out = {"entries": len(self._data), "plain": len(self._plain), "hits": self.hits, "misses": self.misses}
             out.update({f"refused_{k}": v for k, v in self.refused.items()})
             return out
 
