@@ -125,16 +125,15 @@ def _dir_key(fd: int) -> DirKey:
     return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def _known_absent(top: int, directory: str, name: str, absent: dict, *, home: bool) -> bool:
-    """Whether ``directory`` (under ``top``) is known to lack ``name``, by a plain ``stat``, before the
-    safe no-follow walk opens it. A symlink on the way could make this look at another directory,
-    but then the safe walk would refuse that path anyway: skipping it changes nothing."""
+def _stat_key(top: int, directory: str) -> DirKey | None:
+    """``directory``'s (under ``top``) key by a plain ``stat``, to tell whether it is known to lack a
+    name before the safe no-follow walk opens it. A symlink on the way could make this look at another
+    directory, but then the safe walk would refuse that path anyway: skipping it changes nothing."""
     try:
         st = os.stat(directory.lstrip("/") or ".", dir_fd=top)
     except OSError:
-        return False
-    dk = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
-    return (dk, name) in absent if home else dk in absent
+        return None
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def find_miner_config(proc_root, pid: int, cmdline: Sequence[str], cwd: str, exe: str, *,
@@ -158,6 +157,7 @@ def find_miner_config(proc_root, pid: int, cmdline: Sequence[str], cwd: str, exe
     dirs: dict[tuple[str, str], int | None] = {}
     dir_keys: dict[tuple[str, str], DirKey] = {}
     misses: dict[tuple[str, str], int] = {}
+    stat_keys: dict[tuple[str, str], DirKey | None] = {}  # one stat per directory, for all its names
     explicit = set(explicit_paths(cmdline, cwd, exe))
     homes = set(home_paths(home))
     denied: OSError | None = None
@@ -171,9 +171,12 @@ def find_miner_config(proc_root, pid: int, cmdline: Sequence[str], cwd: str, exe
         for base, path in candidate_paths(cmdline, cwd, exe, home):
             directory, name = posixpath.split(path)
             key = (base, directory)
-            if key not in dirs and absent and (base, path) not in explicit \
-                    and _known_absent(base_fd(base), directory, name, absent, home=(base, path) in homes):
-                continue
+            if key not in dirs and absent and (base, path) not in explicit:
+                if key not in stat_keys:
+                    stat_keys[key] = _stat_key(base_fd(base), directory)
+                if (dk := stat_keys[key]) is not None and ((dk, name) in absent if (base, path) in homes
+                                                           else dk in absent):
+                    continue
             if key not in dirs:
                 top = base_fd(base)  # failing here means the process is gone or hidden: the caller decides
                 try:
