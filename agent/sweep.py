@@ -71,13 +71,18 @@ class Sweeper:
         containers = self._containers(result)
         result.containers = len(containers)
 
+        view = CrossView(proc_root=self.config.agent.proc_root, probe_slice=SWEEP_PROBE, census=True)
+        before = view.task_counters()
         snaps, stats = collect.procfs.snapshot_all(
             progress=(lambda done, total: progress("processes", done, total)) if progress else None
         )
+        # The snapshots' thread counts are the census when no task came or went meanwhile (no second read
+        # of every stat); otherwise the cross-view takes its own.
+        census = (sum(s.num_threads for s in snaps), before) if before and view.task_counters() == before else None
         result.processes = len(snaps)
         result.vanished = stats.vanished
         result.partial_processes = stats.partial
-        cross = self._cross_view(containers, result)
+        cross = self._cross_view(view, containers, result, census)
         snaps = _with_hiding(snaps, cross, collect.procfs.snapshot)
 
         image_evidence = {cid: judge.container_evidence(info) for cid, info in containers.items()}
@@ -112,11 +117,11 @@ class Sweeper:
         result.duration_s = time.monotonic() - started
         return result
 
-    def _cross_view(self, containers: dict[str, ContainerInfo], result: SweepResult) -> CrossViewResult:
+    def _cross_view(self, view: CrossView, containers: dict[str, ContainerInfo], result: SweepResult,
+                    census: tuple[int, tuple[int, int]] | None) -> CrossViewResult:
         """Hidden processes and preload files (``collectors/crossview.py``): one run, one probe slice."""
-        view = CrossView(proc_root=self.config.agent.proc_root, probe_slice=SWEEP_PROBE, census=True)
         try:
-            return view.run([(cid, info.pid) for cid, info in containers.items()])
+            return view.run([(cid, info.pid) for cid, info in containers.items()], census=census)
         except Exception as exc:  # crash barrier: the sweep goes on without it
             log.exception("crossview_failed", error=repr(exc))
             result.notes.append(f"the hidden-process cross-view failed: {exc!r}"[:200])
