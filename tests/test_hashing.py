@@ -210,6 +210,35 @@ def test_hash_process_exe_refuses_fifo(tmp_path):
         call_with_timeout(lambda: confined.open_regular(str(fifo), follow_symlinks=True))
 
 
+def test_a_known_executable_is_not_opened_again(tmp_path, procs):
+    """Hashes and YARA verdict of a process's executable come from the caches by a stat of /proc/PID/exe
+    while its identity is the same: the file is not opened again. A new version (ctime) is read."""
+    from agent.collectors.yarascan import YaraScanner
+    from agent.signatures import load_bundle
+    from tests.helpers.openspy import OpenSpy
+
+    exe = tmp_path / "sleeper"
+    shutil.copy2(shutil.which("sleep"), exe)
+    cache, yara = settled_cache(), YaraScanner(load_bundle(None).yara)
+    p = procs([str(exe), "30"])
+    for _ in range(100):
+        if os.readlink(f"/proc/{p.pid}/exe") == str(exe):
+            break
+        time.sleep(0.02)
+    first = hash_process_exe("/proc", p.pid, cache, 64 << 20)
+    verdict = yara.scan_process_file("/proc", p.pid)
+    assert first == expected(exe.read_bytes()) and verdict == ((), True)
+    with OpenSpy(exe) as spy:
+        assert hash_process_exe("/proc", p.pid, cache, 64 << 20) == first
+        assert yara.scan_process_file("/proc", p.pid) == verdict
+        assert not spy.opened(), "a known executable was read again"
+    assert cache.hits == 1 and cache.misses == 1
+    os.chmod(exe, 0o700)  # ctime moves: another identity
+    with OpenSpy(exe) as spy:
+        assert hash_process_exe("/proc", p.pid, cache, 64 << 20) == first
+        assert spy.opened()
+
+
 def test_hash_path_refuses_symlink(tmp_path):
     """A symlink, even to a good regular file, is not followed."""
     target = tmp_path / "real"

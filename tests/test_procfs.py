@@ -288,11 +288,11 @@ class _KillingCache(HashCache):
         super().__init__()
         self.victim = victim
 
-    def get(self, key):
+    def get(self, key, **kw):
         if self.victim.poll() is None:
             self.victim.kill()
             self.victim.wait()
-        return super().get(key)
+        return super().get(key, **kw)
 
 
 def test_process_exits_mid_snapshot(sleep_copy, procs):

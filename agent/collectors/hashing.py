@@ -88,12 +88,12 @@ class HashCache:
         self.misses = 0
         self.refused: dict[str, int] = {}
 
-    def get(self, key: CacheKey) -> Hashes | None:
+    def get(self, key: CacheKey, *, count_miss: bool = True) -> Hashes | None:
         packed = _KEY.pack(*key)
         with self._lock:
             value = self._data.get(packed)
             if value is None:
-                self.misses += 1
+                self.misses += count_miss
                 return None
             self.hits += 1
             self._data.move_to_end(packed)
@@ -280,6 +280,10 @@ def hash_process_exe(proc_root, pid: int, cache: HashCache, max_bytes: int, *,
     ``exe`` link is opened relative to it, which pins the process identity.
     """
     path = "exe" if dir_fd is not None else f"{os.fspath(proc_root)}/{pid}/exe"
+    st = os.stat(path, dir_fd=dir_fd)  # the very file (a stat opens nothing): known already, not opened
+    if stat.S_ISREG(st.st_mode) and st.st_size <= max_bytes and \
+            (known := cache.get(cache_key(st), count_miss=False)) is not None:
+        return known
     try:
         fd = open_regular(path, follow_symlinks=True, dir_fd=dir_fd)
     except Refused as e:

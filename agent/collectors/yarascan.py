@@ -35,6 +35,7 @@ import io
 import json
 import os
 import selectors
+import stat
 import subprocess
 import threading
 import time
@@ -214,6 +215,15 @@ class YaraScanner:
         """
         if self.rules is None:
             return (), True
+        try:
+            st = os.stat(path, follow_symlinks=follow)  # a verdict known for this identity: not opened again
+            if stat.S_ISREG(st.st_mode):
+                with self._lock:
+                    if (known := self._cache.get(cache_key(st))) is not None:
+                        self._cache.move_to_end(cache_key(st))
+                        return known
+        except OSError:
+            pass  # the open below tells what it is
         try:
             fd = open_regular(path, follow_symlinks=follow)  # stat first: a device or FIFO is never opened
             try:
