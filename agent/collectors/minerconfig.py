@@ -83,20 +83,23 @@ def home_paths(home: str) -> list[tuple[str, str]]:
     return [("root", posixpath.normpath(posixpath.join(home, name))) for name in HOME_CONFIGS]
 
 
-def candidate_paths(cmdline: Sequence[str], cwd: str, exe: str, home: str = "") -> list[tuple[str, str]]:
+def candidate_paths(cmdline: Sequence[str], cwd: str, exe: str, home: str = "", *,
+                    explicit: list[tuple[str, str]] | None = None,
+                    homes: list[tuple[str, str]] | None = None) -> list[tuple[str, str]]:
     """Where to look, in order, as ``(base, path)``.
 
     ``base`` is ``"cwd"`` for a path relative to the working directory (read through
     ``/proc/PID/cwd``) or ``"root"`` for an absolute path in the process's view (read
-    beneath ``/proc/PID/root``).
+    beneath ``/proc/PID/root``). ``explicit`` and ``homes``: ``explicit_paths`` and ``home_paths``
+    of the same arguments, when the caller has them already.
     """
-    out = explicit_paths(cmdline, cwd, exe)
+    out = list(explicit if explicit is not None else explicit_paths(cmdline, cwd, exe))
     out.extend(("cwd", name) for name in CONFIG_NAMES)
     if exe.startswith("/"):
         exe_dir = posixpath.dirname(exe)
         if exe_dir != cwd:
             out.extend(("root", posixpath.join(exe_dir, name)) for name in CONFIG_NAMES)
-    out.extend(home_paths(home))
+    out.extend(homes if homes is not None else home_paths(home))
     return list(dict.fromkeys(out))
 
 
@@ -158,8 +161,8 @@ def find_miner_config(proc_root, pid: int, cmdline: Sequence[str], cwd: str, exe
     dir_keys: dict[tuple[str, str], DirKey] = {}
     misses: dict[tuple[str, str], int] = {}
     stat_keys: dict[tuple[str, str], DirKey | None] = {}  # one stat per directory, for all its names
-    explicit = set(explicit_paths(cmdline, cwd, exe))
-    homes = set(home_paths(home))
+    explicit_list, home_list = explicit_paths(cmdline, cwd, exe), home_paths(home)
+    explicit, homes = set(explicit_list), set(home_list)
     denied: OSError | None = None
 
     def base_fd(base: str) -> int:
@@ -168,7 +171,7 @@ def find_miner_config(proc_root, pid: int, cmdline: Sequence[str], cwd: str, exe
         return bases[base]
 
     try:
-        for base, path in candidate_paths(cmdline, cwd, exe, home):
+        for base, path in candidate_paths(cmdline, cwd, exe, home, explicit=explicit_list, homes=home_list):
             directory, name = posixpath.split(path)
             key = (base, directory)
             if key not in dirs and absent and (base, path) not in explicit:
