@@ -297,6 +297,33 @@ def test_storm_keeps_queue_bounded(tmp_path):
         watcher.stop()
 
 
+def test_a_first_walk_bigger_than_the_queue_goes_on_where_it_stopped(tmp_path):
+    """Existing files beyond the queue's room are not dropped and walked again: the walk stops at the
+    full queue and goes on from that file as the queue drains (at each refresh); each arrives once."""
+    events = EventQueue(maxsize=10)
+    watcher = FileWatcher(events)
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    made = {str(tree / ("sub" if i % 2 else "") / f"f{i}.sh") for i in range(35)}
+    for path in made:
+        write_exec(path)
+    assert watcher.start()
+    try:
+        watcher.watch_host_paths([str(tree)])
+        got: list[str] = []
+        for _ in range(10):
+            while (ev := events.get(timeout=0.05)) is not None:
+                got.append(ev.path)
+            if len(got) >= len(made):
+                break
+            watcher.refresh()
+        stats = watcher.stats()
+        assert sorted(got) == sorted(made), "every file once: none dropped, none walked twice"
+        assert stats["dropped"] == 0 and stats["rescans"] == 0 and stats["walks_resumed"] == 1
+    finally:
+        watcher.stop()
+
+
 def test_stop_leaves_no_threads(tmp_path):
     """stop() joins within its timeout and leaves no thread behind; start() again re-adds the wanted watches."""
     before = set(threading.enumerate())

@@ -217,7 +217,7 @@ class FileWatcher:
             out.update(self.counters)
         with self._lock:
             out["inotify_watches"] = len(self._inotify.owners) if self._inotify is not None else 0
-        for key in ("queued", "dropped", "initial", "watch_errors", "rescans", "watch_refused_symlink",
+        for key in ("queued", "dropped", "initial", "watch_errors", "rescans", "walks_resumed", "watch_refused_symlink",
                     "watch_refused_device", "watch_refused_tree_cap", "watch_refused_total_cap"):
             out.setdefault(key, 0)
         try:
@@ -314,11 +314,17 @@ class FileWatcher:
         """Enqueue the files already under newly live watches (outside the lock: it may take a while)."""
         for entry in entries:
             n = 0
-            for path, st in files.walk(entry.path, max_files=self._max_walk_files):
+            walk = files.walk(entry.path, max_files=self._max_walk_files)
+            for path, st in walk:
                 if st.st_size == 0:
                     continue  # nothing to detect yet; the close after writing will report it
+                if not self._events.put(FileEvent(path, entry.container_id, entry.root)):
+                    # Full: the rest of this walk goes in as the queue drains (each refresh), from here.
+                    self._rescans.resume(entry.key, Root(entry.path, entry.container_id, entry.root), walk, (path, st))
+                    self._count("walks_resumed")
+                    break
                 n += 1
-                self._offer(FileEvent(path, entry.container_id, entry.root), entry.key)
+            self._count("queued", n)
             self._count("initial", n)
             log.debug("watch_added", path=entry.path, container_id=entry.container_id, existing=n)
 

@@ -3,7 +3,8 @@
 In a storm the daemon's bounded ``EventQueue`` fills and new file events are dropped (and
 counted): without a second look, a payload whose events were among them would never be
 inspected. So the watcher notes which watch dropped an event, and at its next ``refresh()``
-walks that watch's tree again. The walk enqueues only while the queue has room and resumes
+walks that watch's tree again (a first walk that finds the queue full is not dropped: it is
+handed over here and goes on from the file it stopped at, ``resume``). The walk enqueues only while the queue has room and resumes
 where it stopped at the following refresh, so the rescan itself never drops anything and
 never floods the queue; events dropped meanwhile make the walk run once more when it ends.
 """
@@ -39,13 +40,14 @@ class _Walk:
 
 
 class Rescans:
-    """``note_drop`` from any thread; ``begin`` and ``advance`` from the one thread that refreshes."""
+    """``note_drop`` and ``resume`` from any thread; ``begin`` and ``advance`` from the one thread that refreshes."""
 
     def __init__(self, events: EventQueue, max_files: int = files.MAX_FILES) -> None:
         self._events = events
         self._max_files = max_files
         self._lock = threading.Lock()  # guards _dropped only (taken in the observer thread: kept short)
         self._dropped: set[Key] = set()
+        self._resumed: list[tuple[Key, _Walk]] = []  # guarded by _lock too: handed over by ``resume``
         self._walks: dict[Key, _Walk] = {}
 
     def note_drop(self, key: Key) -> None:
@@ -75,8 +77,20 @@ class Rescans:
             del self._walks[key]
         return started
 
+    def resume(self, key: Key, root: Root, rest: Iterator[tuple[str, os.stat_result]],
+               held: tuple[str, os.stat_result]) -> None:
+        """A first walk found the queue full at ``held``: it goes on from there (``rest`` of the same walk)
+        at the next ``advance``, instead of dropping the remainder and walking the whole tree again.
+        From any thread (a first walk runs where the watch was added): ``advance`` adopts it."""
+        with self._lock:
+            self._resumed.append((key, _Walk(root, rest, held)))
+
     def advance(self) -> int:
         """Enqueue the next files of every walk while the queue has room; returns how many were enqueued."""
+        with self._lock:
+            resumed, self._resumed = self._resumed, []
+        for key, walk in resumed:
+            self._walks[key] = walk
         queued = 0
         for key, walk in list(self._walks.items()):
             while True:
