@@ -111,10 +111,9 @@ class HashCache:
         """Whether the file with this stat (its content identity, ``cache_key``) was found not to be a candidate."""
         packed = _KEY.pack(*cache_key(st))
         with self._lock:
-            if packed not in self._plain:
-                return False
-            self._plain.move_to_end(packed)
-            return True
+            if known := packed in self._plain:
+                self._plain.move_to_end(packed)
+            return known
 
     def note_plain(self, st: os.stat_result) -> None:
         """Remember that the file with this ``fstat`` (of the descriptor read) is not a candidate."""
@@ -281,8 +280,7 @@ def hash_process_exe(proc_root, pid: int, cache: HashCache, max_bytes: int, *,
     """
     path = "exe" if dir_fd is not None else f"{os.fspath(proc_root)}/{pid}/exe"
     st = os.stat(path, dir_fd=dir_fd)  # the very file (a stat opens nothing): known already, not opened
-    if stat.S_ISREG(st.st_mode) and st.st_size <= max_bytes and \
-            (known := cache.get(cache_key(st), count_miss=False)) is not None:
+    if stat.S_ISREG(st.st_mode) and (known := cache.get(cache_key(st), count_miss=False)) is not None:
         return known
     try:
         fd = open_regular(path, follow_symlinks=True, dir_fd=dir_fd)
