@@ -123,9 +123,12 @@ def read_regular(dir_fd: int, name: str, max_bytes: int) -> bytes:
 DirKey = tuple[int, int, int, int]
 
 
-def _dir_key(fd: int) -> DirKey:
-    st = os.fstat(fd)
+def _key_of(st: os.stat_result) -> DirKey:
     return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _dir_key(fd: int) -> DirKey:
+    return _key_of(os.fstat(fd))
 
 
 def _stat_key(top: int, directory: str) -> DirKey | None:
@@ -133,10 +136,9 @@ def _stat_key(top: int, directory: str) -> DirKey | None:
     name before the safe no-follow walk opens it. A symlink on the way could make this look at another
     directory, but then the safe walk would refuse that path anyway: skipping it changes nothing."""
     try:
-        st = os.stat(directory.lstrip("/") or ".", dir_fd=top)
+        return _key_of(os.stat(directory.lstrip("/") or ".", dir_fd=top))
     except OSError:
         return None
-    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def find_miner_config(proc_root, pid: int, cmdline: Sequence[str], cwd: str, exe: str, *,

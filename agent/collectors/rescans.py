@@ -3,10 +3,11 @@
 In a storm the daemon's bounded ``EventQueue`` fills and new file events are dropped (and
 counted): without a second look, a payload whose events were among them would never be
 inspected. So the watcher notes which watch dropped an event, and at its next ``refresh()``
-walks that watch's tree again (a first walk that finds the queue full is not dropped: it is
-handed over here and goes on from the file it stopped at, ``resume``). The walk enqueues only while the queue has room and resumes
+walks that watch's tree again. The walk enqueues only while the queue has room and resumes
 where it stopped at the following refresh, so the rescan itself never drops anything and
 never floods the queue; events dropped meanwhile make the walk run once more when it ends.
+A first walk that finds the queue full is handed over the same way (``resume``): it goes on
+from the file it stopped at instead of dropping the rest.
 """
 
 from __future__ import annotations

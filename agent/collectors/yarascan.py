@@ -218,9 +218,10 @@ class YaraScanner:
         try:
             st = os.stat(path, follow_symlinks=follow)  # a verdict known for this identity: not opened again
             if stat.S_ISREG(st.st_mode):
+                key = cache_key(st)
                 with self._lock:
-                    if (known := self._cache.get(cache_key(st))) is not None:
-                        self._cache.move_to_end(cache_key(st))
+                    if (known := self._cache.get(key)) is not None:
+                        self._cache.move_to_end(key)
                         return known
         except OSError:
             pass  # the open below tells what it is
