@@ -263,8 +263,7 @@ class Finding:
 
 
 # --------------------------------------------------------------------------- behaviour
-# Samples read by collectors.cpu_sampler, fed to the daemon's BehaviourModel, whose verdicts
-# reach detectors.behaviour through ProcessSnapshot.behaviour and ContainerInfo.behaviour.
+# collectors.cpu_sampler's samples feed the daemon's BehaviourModel; its verdicts reach detectors.behaviour.
 
 HUGEPAGES_RAISED = "hugepages-raised"
 MSR_LOADED = "msr-loaded"
@@ -286,6 +285,7 @@ class ProcessCpuSample:
     anon_big_mappings_mb: tuple[int, ...] = ()  # sizes of large anonymous mappings
     msr_open: bool = False  # an fd points at /dev/cpu/N/msr
     cpu_limit: float | None = None  # cores its cgroup may use (quota, at most the host's cores); None: unlimited/unread
+    since: tuple[float, float] | None = None  # (t, cpu seconds) of the sampler's previous reading of the same process
 
 
 @dataclass(frozen=True, slots=True)

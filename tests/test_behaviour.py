@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import weakref
+
 import pytest
 
 from agent.daemon.behaviour import BehaviourModel, is_msr_modprobe
@@ -24,15 +27,27 @@ class Clock:
         return self.t
 
 
+_LAST: weakref.WeakKeyDictionary[BehaviourModel, dict[int, ProcessCpuSample]] = weakref.WeakKeyDictionary()
+
+
+def see(model: BehaviourModel, s: ProcessCpuSample) -> None:
+    """Feed ``s`` as the sampler hands it over: with its previous reading of the same process (``since``)."""
+    last = _LAST.setdefault(model, {}).get(s.pid)
+    if s.since is None and last is not None and last.start_ticks == s.start_ticks:
+        s = dataclasses.replace(s, since=(last.t, last.cpu_seconds_total))
+    _LAST[model][s.pid] = s
+    model.observe(s)
+
+
 def feed(model: BehaviourModel, pid: int, rates: list[float], *, start: float = 1000.0, step: float = 5.0,
          start_ticks: int = 111, threads: tuple[float, ...] = (), **kw) -> float:
     """Feed readings whose per-interval CPU rates are ``rates``; returns the last t."""
     t, total = start, 50.0
-    model.observe(ProcessCpuSample(pid, start_ticks, t, total, **kw))
+    see(model, ProcessCpuSample(pid, start_ticks, t, total, **kw))
     for r in rates:
         t += step
         total += r * step
-        model.observe(ProcessCpuSample(pid, start_ticks, t, total, threads or (r,), len(threads) or 1, **kw))
+        see(model, ProcessCpuSample(pid, start_ticks, t, total, threads or (r,), len(threads) or 1, **kw))
     return t
 
 
@@ -88,13 +103,13 @@ def test_idle_process_is_not_sustained_and_not_a_candidate():
 def test_an_entry_starts_from_the_reading_before_the_cpu_moved():
     """The first reading that shows CPU creates the entry with the previous one: its first rate is there at once."""
     m = model()
-    m.observe(ProcessCpuSample(12, 7, 1000.0, 3.0))
-    m.observe(ProcessCpuSample(12, 7, 1005.0, 3.0))
+    see(m, ProcessCpuSample(12, 7, 1000.0, 3.0))
+    see(m, ProcessCpuSample(12, 7, 1005.0, 3.0))
     assert m.verdict(12) is None
-    m.observe(ProcessCpuSample(12, 7, 1010.0, 8.0))
+    see(m, ProcessCpuSample(12, 7, 1010.0, 8.0))
     v = m.verdict(12)
     assert v.stats.samples == 1 and v.mean_cpu == pytest.approx(1.0) and v.stats.span_s == 5.0
-    m.observe(ProcessCpuSample(12, 8, 1015.0, 9.0))  # a reused PID: the seed is the old process's, not used
+    see(m, ProcessCpuSample(12, 8, 1015.0, 9.0))  # a reused PID: the seed is the old process's, not used
     assert m.verdict(12) is None and m.verdict(12, start_ticks=7) is None
 
 
@@ -111,9 +126,9 @@ def test_pid_reuse_resets_history():
     """A sample with another start time is a new process: the old history is dropped."""
     m = model()
     t = feed(m, 16, [1.0] * 6, start_ticks=1)
-    m.observe(ProcessCpuSample(16, 2, t + 5, 0.5))
+    see(m, ProcessCpuSample(16, 2, t + 5, 0.5))
     assert m.verdict(16, start_ticks=1) is None and m.verdict(16) is None, "the new one has no history (yet)"
-    m.observe(ProcessCpuSample(16, 2, t + 10, 5.5))
+    see(m, ProcessCpuSample(16, 2, t + 10, 5.5))
     v = m.verdict(16)
     assert v.start_ticks == 2 and v.stats.samples == 1 and not v.sustained
 
@@ -123,7 +138,7 @@ def test_out_of_order_samples_are_ignored():
     m = model()
     t = feed(m, 17, [1.0] * 5)
     before = m.verdict(17)
-    m.observe(ProcessCpuSample(17, 111, t - 7, 9999.0))
+    see(m, ProcessCpuSample(17, 111, t - 7, 9999.0))
     assert m.verdict(17) == before
 
 
@@ -131,7 +146,7 @@ def test_busy_threads_is_the_median_over_detailed_samples():
     """Busy threads counts threads above 0.8 core, as the median over the detailed reads."""
     m = model()
     feed(m, 18, [2.0] * 5, threads=(0.99, 0.97, 0.01, 0.0))
-    m.observe(ProcessCpuSample(18, 111, 1030, 50 + 2.0 * 30, (0.5, 0.5, 0.0, 0.0), 4))
+    see(m, ProcessCpuSample(18, 111, 1030, 50 + 2.0 * 30, (0.5, 0.5, 0.0, 0.0), 4))
     assert m.verdict(18).busy_threads == 2
 
 
@@ -150,16 +165,16 @@ def test_tracked_processes_are_capped():
     else the least recently seen."""
     m = model(max_pids=3)
     for pid in (1, 2, 3):  # three that moved once, then went idle
-        m.observe(ProcessCpuSample(pid, 1, 1000 + pid, 0.0))
-        m.observe(ProcessCpuSample(pid, 1, 1005 + pid, 1.0))
-        m.observe(ProcessCpuSample(pid, 1, 1010 + pid, 1.0))
+        see(m, ProcessCpuSample(pid, 1, 1000 + pid, 0.0))
+        see(m, ProcessCpuSample(pid, 1, 1005 + pid, 1.0))
+        see(m, ProcessCpuSample(pid, 1, 1010 + pid, 1.0))
     m.note_artefact(4, 1, MSR_MODPROBE_CHILD, 1020)  # no reading yet, but noted
     assert len(m) == 3 and m.evicted == 1 and m.verdict(1) is None, "the least recently seen idle one went"
-    m.observe(ProcessCpuSample(5, 1, 1021, 0.0, hugetlb_kb=0))  # a detailed reading: an entry at once
+    see(m, ProcessCpuSample(5, 1, 1021, 0.0, hugetlb_kb=0))  # a detailed reading: an entry at once
     assert len(m) == 3 and m.evicted == 2 and m.verdict(5) is not None and m.verdict(2) is None
     for pid in (6, 7):  # busy ones: the idle 3 goes, then (nothing idle left) the newest single reading, 5
-        m.observe(ProcessCpuSample(pid, 1, 1030, 0.0))
-        m.observe(ProcessCpuSample(pid, 1, 1035, 5.0))
+        see(m, ProcessCpuSample(pid, 1, 1030, 0.0))
+        see(m, ProcessCpuSample(pid, 1, 1035, 5.0))
     assert m.evicted == 4 and m.verdict(3) is None and m.verdict(5) is None and m.verdict(4) is not None
 
 
@@ -187,7 +202,7 @@ def test_candidates_respect_the_limit_and_put_requests_first():
     m = model()
     feed(m, 22, [1.0] * 6)
     feed(m, 23, [2.0] * 6)
-    m.observe(ProcessCpuSample(24, 5, 1000, 0.0))
+    see(m, ProcessCpuSample(24, 5, 1000, 0.0))
     m.request_scan(24, 5, 1000)
     assert m.candidates(limit=2) == [24, 23]
     assert m.candidates(limit=2) == [22]
@@ -238,7 +253,7 @@ def test_a_randomx_sized_process_using_any_cpu_is_a_candidate_and_scanned_again_
     for _ in range(4):
         t += 5
         total += 1.25
-        m.observe(ProcessCpuSample(46, 111, t, total, (0.25,), 1, 0, (258,), cpu_limit=0.25))
+        see(m, ProcessCpuSample(46, 111, t, total, (0.25,), 1, 0, (258,), cpu_limit=0.25))
     assert m.verdict(46).sustained
     assert m.candidates(limit=5) == [46]
     assert m.candidates(limit=5) == []
@@ -298,7 +313,7 @@ def test_msr_loaded_is_attributed_only_to_a_busy_process_that_started_then():
 def test_noted_artefacts_show_in_the_verdict_and_make_a_candidate():
     """An artefact noted by the daemon (a modprobe msr child) is in the verdict and makes the process a candidate."""
     m = model()
-    m.observe(ProcessCpuSample(30, 9, 1000, 0.0))
+    see(m, ProcessCpuSample(30, 9, 1000, 0.0))
     m.note_artefact(30, 9, MSR_MODPROBE_CHILD, 1000)
     assert m.verdict(30).artefacts == (MSR_MODPROBE_CHILD,)
     assert m.candidates() == [30]
@@ -486,7 +501,7 @@ def test_a_flood_of_idle_processes_never_pushes_out_a_busy_one():
             cpu += 10.0  # one core
             for pid in range(1, 400):
                 total = cpu if pid == busy_pid else 1.0 + flood_cpu * 10 * n
-                m.observe(ProcessCpuSample(pid=pid, start_ticks=pid, t=t, cpu_seconds_total=total))
+                see(m, ProcessCpuSample(pid=pid, start_ticks=pid, t=t, cpu_seconds_total=total))
         v = m.verdict(busy_pid)
         assert v is not None and v.sustained and len(m) <= 100
         assert (m.evicted, len(m)) == (0, 1) if flood_cpu == 0 else m.evicted > 0

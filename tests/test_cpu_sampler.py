@@ -10,7 +10,8 @@ from agent.collectors import cgroups
 from agent.collectors.cpu_sampler import (
     CLK_TCK, CpuSampler, parse_big_anon_mappings, parse_cpu_cgroup, parse_quota, parse_status,
 )
-from agent.collectors.procread import parse_stat
+from agent.collectors.procread import parse_stat, stat_counters
+from agent.daemon.behaviour import BehaviourModel
 
 from tests.helpers import procs
 
@@ -123,6 +124,65 @@ def test_vanished_pids_are_skipped_and_counted(tmp_path):
     s = CpuSampler(tmp_path, tmp_path / "sys")
     assert [x.pid for x in s.sample([70, 71, 72])] == [70]
     assert s.vanished == 2
+
+
+def test_stat_counters_agree_with_parse_stat():
+    """The sampler's cheap parse reads the same CPU ticks, threads and start time as parse_stat, comm or not."""
+    for comm in ("miner", "a) (b c", ") 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20"):
+        raw = stat_line(7, 4001, 9, 123456, comm=comm).encode()
+        st = parse_stat(raw)
+        assert stat_counters(raw) == (st.cpu_ticks, st.num_threads, st.start_ticks) == (4001, 9, 123456)
+    for bad in (b"", b"7 miner R 1", b"7 (miner) R 1 1"):
+        try:
+            stat_counters(bad)
+        except ValueError:
+            continue
+        raise AssertionError(f"{bad!r} parsed")
+
+
+def test_a_pass_reports_only_what_moved_or_is_kept_and_names_the_new(tmp_path):
+    """``sample_pass`` with ``report``: a sleeping process is read but not reported unless it is in
+    ``report``; one that moved is, with its previous reading; ``new`` holds the first seen, the reused
+    and the unreadable pids; ``threads`` counts every process read."""
+    clock = Clock()
+    fake_process(tmp_path, 40, 100, {40: 100, 41: 0})
+    fake_process(tmp_path, 42, 200, {42: 200})
+    fake_process(tmp_path, 43, 300, {43: 300}, start=1)
+    s = CpuSampler(tmp_path, tmp_path / "sys", clock=clock)
+    first = s.sample_pass([40, 42, 43, 44], report=())
+    assert first.samples == [] and first.new == {40, 42, 43, 44} and first.threads == 4
+    clock.t += 5
+    fake_process(tmp_path, 40, 100 + 5 * CLK_TCK, {40: 100 + 5 * CLK_TCK, 41: 0})  # one core
+    fake_process(tmp_path, 43, 300, {43: 300}, start=2)  # PID 43 reused
+    second = s.sample_pass([40, 42, 43, 44], report={42})
+    by_pid = {x.pid: x for x in second.samples}
+    assert set(by_pid) == {40, 42} and second.new == {43, 44}
+    assert by_pid[40].since == (100.0, 100 / CLK_TCK) and by_pid[40].hugetlb_kb == 266240
+    assert by_pid[42].since == (100.0, 200 / CLK_TCK) and by_pid[42].hugetlb_kb is None
+    clock.t += 5
+    third = s.sample_pass([40, 42, 43], report=())
+    assert third.new == set() and [x.pid for x in third.samples] == []  # 40 stopped moving: not reported
+
+
+def test_a_process_that_goes_idle_keeps_its_readings_in_the_model(tmp_path):
+    """Sampler and model together as the worker drives them: once a process has an entry its idle
+    readings still reach the model, so a miner that stops is not judged on its busy minutes forever."""
+    clock = Clock()
+    m = BehaviourModel(window_s=60, min_samples=2, min_span_s=5, busy_core=0.5, clock=clock)
+    s = CpuSampler(tmp_path, tmp_path / "sys", clock=clock)
+    ticks = 100
+    for n in range(8):
+        busy = n < 4
+        fake_process(tmp_path, 45, ticks, {45: ticks})
+        for sample in s.sample_pass([45], report=m.tracked()).samples:
+            m.observe(sample)
+        if n == 3:
+            v = m.verdict(45)
+            assert v is not None and v.stats.samples == 3 and v.mean_cpu > 0.9  # seeded by the idle first reading
+        clock.t += 5
+        ticks += 5 * CLK_TCK if busy else 0
+    v = m.verdict(45)
+    assert v is not None and v.stats.samples == 7 and m._procs[45].series.last_rate() == 0.0 and not v.sustained
 
 
 def test_pid_reuse_drops_the_previous_reading(tmp_path):

@@ -25,10 +25,10 @@ import os
 import re
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.collectors.procread import parse_stat, read_bounded, read_int, read_once
+from agent.collectors.procread import parse_stat, read_bounded, read_int, read_once, stat_counters
 from agent.model import CgroupCpuSample, HostArtefacts, ProcessCpuSample
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -48,12 +48,22 @@ _MSR_PATH = re.compile(r"^/dev/cpu/\d+/msr$")
 _HUGEPAGE_DIR = re.compile(r"^hugepages-(\d+)kB$")
 
 
-@dataclass(frozen=True, slots=True)
-class _Prev:
-    start_ticks: int
-    t: float
-    ticks: int
-    thread_ticks: dict[int, int] | None  # from this reading, when it was a detailed one
+# The previous reading of a pid: (start ticks, t, CPU ticks, thread ticks of a detailed reading or None).
+# A plain tuple: one is kept for every process every pass (a frozen dataclass cost twice as much).
+_Prev = tuple[int, float, int, "dict[int, int] | None"]
+
+
+@dataclass(slots=True)
+class SampledPass:
+    """What one ``sample_pass`` over the process table found.
+
+    ``samples``: the processes reported (see ``sample_pass``); ``new``: the listed pids with no reading of
+    the same process (PID and start time) in the previous pass, or none that could be read now; ``threads``:
+    the threads of every process read (the cross-view's census)."""
+
+    samples: list[ProcessCpuSample] = field(default_factory=list)
+    new: set[int] = field(default_factory=set)
+    threads: int = 0
 
 
 def parse_status(status: bytes) -> tuple[int | None, int | None, int | None]:
@@ -144,31 +154,50 @@ class CpuSampler:
 
     def sample(self, pids: Iterable[int], detail: Collection[int] = ()) -> list[ProcessCpuSample]:
         """One sample per live pid; busy ones (and those in ``detail``) with threads and artefacts."""
-        out, prev, self._prev = [], self._prev, {}
+        return self.sample_pass(pids, detail).samples
+
+    def sample_pass(self, pids: Iterable[int], detail: Collection[int] = (),
+                    report: Collection[int] | None = None) -> SampledPass:
+        """Read every pid once: a moving one (and one in ``detail``) in detail, with the previous reading
+        in the sample (``since``). ``report``: the idle processes to give a sample for (None: all); a
+        process that moved or was read in detail is always reported, so a caller that keeps entries only
+        for those (the behaviour model) passes the pids it has entries for, and a sleeping process costs
+        one read and one tuple a pass."""
+        out = SampledPass()
+        prev, self._prev = self._prev, {}
         self._passes += 1
         if self._passes % LIMIT_PASSES == 0:
             self._limits = {}
+        clock, root, keep = self._clock, self.proc_root, self._prev
         for pid in pids:
-            s = self._sample_one(pid, prev.get(pid), pid in detail)
-            if s is not None:
-                out.append(s)
+            try:
+                t = clock()
+                ticks, threads, start = stat_counters(read_once(f"{root}/{pid}/stat"))  # the cheap path's only syscalls
+            except (OSError, ValueError, IndexError) as exc:
+                self._skipped(exc)
+                out.new.add(pid)
+                continue
+            out.threads += threads
+            last = prev.get(pid)
+            if last is not None and last[0] != start:
+                last = None  # the pid was reused
+            if last is None:
+                out.new.add(pid)
+            moved = last is not None and t > last[1] and ticks > last[2]
+            if moved or pid in detail:
+                s = self._read_detailed(pid, last, start, t, ticks, threads, moved, pid in detail)
+                if s is not None:
+                    out.samples.append(s)
+                continue
+            keep[pid] = (start, t, ticks, None)
+            if report is None or pid in report:
+                out.samples.append(ProcessCpuSample(pid, start, t, ticks / CLK_TCK, threads=threads,
+                                                    since=(last[1], last[2] / CLK_TCK) if last else None))
         return out
 
-    def _sample_one(self, pid: int, prev: _Prev | None, force: bool) -> ProcessCpuSample | None:
-        try:
-            t = self._clock()
-            st = parse_stat(read_once(f"{self.proc_root}/{pid}/stat"))  # the cheap path's only syscalls
-            ticks, threads, start = st.cpu_ticks, st.num_threads, st.start_ticks
-        except (OSError, ValueError, IndexError) as exc:
-            self._skipped(exc)
-            return None
-        if prev is not None and prev.start_ticks != start:
-            prev = None  # the pid was reused
-        moved = prev is not None and t > prev.t and ticks > prev.ticks
-        if not (moved or force):
-            self._prev[pid] = _Prev(start, t, ticks, None)
-            return ProcessCpuSample(pid, start, t, ticks / CLK_TCK, threads=threads)
-        rate = (ticks - prev.ticks) / CLK_TCK / (t - prev.t) if moved else 0.0
+    def _read_detailed(self, pid: int, prev: _Prev | None, start: int, t: float, ticks: int, threads: int,
+                       moved: bool, force: bool) -> ProcessCpuSample | None:
+        rate = (ticks - prev[2]) / CLK_TCK / (t - prev[1]) if moved and prev is not None else 0.0
         try:
             return self._detailed(pid, prev, start, t, ticks, threads, rate, force)
         except (OSError, ValueError, IndexError) as exc:
@@ -189,19 +218,20 @@ class CpuSampler:
             big = (rss or 0) >= MAPS_MIN_KB or (hugetlb or 0) >= MAPS_MIN_KB
             mappings = self._big_mappings(dfd) if big or force else ()
             full = force or rate >= self.detail_core or (limit is not None and rate >= LIMIT_SHARE * limit)
+            since = (prev[1], prev[2] / CLK_TCK) if prev is not None else None
             if not full:
-                self._prev[pid] = _Prev(start, t, ticks, None)
+                self._prev[pid] = (start, t, ticks, None)
                 return ProcessCpuSample(pid, start, t, ticks / CLK_TCK, (), n or threads, hugetlb, mappings,
-                                        cpu_limit=limit)
+                                        cpu_limit=limit, since=since)
             thread_ticks = self._thread_ticks(dfd)
             per_thread: tuple[float, ...] = ()
-            if prev is not None and prev.thread_ticks is not None and thread_ticks:
-                dt = t - prev.t
-                per_thread = tuple(round(max(0, n - prev.thread_ticks[tid]) / CLK_TCK / dt, 3)
-                                   for tid, n in thread_ticks.items() if tid in prev.thread_ticks)
-            self._prev[pid] = _Prev(start, t, ticks, thread_ticks)
+            if prev is not None and prev[3] is not None and thread_ticks:
+                dt, before = t - prev[1], prev[3]
+                per_thread = tuple(round(max(0, n - before[tid]) / CLK_TCK / dt, 3)
+                                   for tid, n in thread_ticks.items() if tid in before)
+            self._prev[pid] = (start, t, ticks, thread_ticks)
             return ProcessCpuSample(pid, start, t, ticks / CLK_TCK, per_thread, threads, hugetlb,
-                                    mappings, self._msr_open(dfd), limit)
+                                    mappings, self._msr_open(dfd), limit, since)
         finally:
             os.close(dfd)
 

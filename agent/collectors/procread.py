@@ -87,6 +87,18 @@ class Stat(NamedTuple):
 NO_STAT = Stat("", "", 0, 0, 0, 0, 0, 0)  # what an unreadable stat leaves
 
 
+def stat_counters(raw: bytes) -> tuple[int, int, int]:
+    """(utime + stime, num_threads, start_ticks) of a ``/proc/PID/stat`` line, as ``parse_stat`` reads them
+    but without the comm: the CPU sampler's read of every process every pass. ValueError when malformed."""
+    rpar = raw.rfind(b")")
+    if rpar < 0 or raw.find(b"(") < 0:
+        raise ValueError("no (comm) in stat")
+    rest = raw[rpar + 2:].split()
+    if len(rest) < 20:
+        raise ValueError("stat too short")
+    return int(rest[11]) + int(rest[12]), int(rest[17]), int(rest[19])
+
+
 def parse_stat(raw: bytes | str) -> Stat:
     """The fields of a ``/proc/PID/stat`` line; ValueError when it is malformed (or cut short).
 

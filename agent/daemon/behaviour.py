@@ -5,9 +5,10 @@ and answers verdicts. It does no I/O; the clock is injected and only paces the m
 rate limit, everything else runs on the samples' own ``t`` (the same monotonic time base).
 State is bounded: entries not seen for two windows are forgotten, and at most ``max_pids``
 processes / ``max_cgroups`` containers are tracked. A process gets an entry only once its CPU
-moves (or a detailed reading, a noted artefact or a scan request names it): until then only its
-last reading is kept, three numbers, which seeds the entry's series when it does move. A host
-of 50,000 sleeping processes so costs a small table, not a full one churned every pass. When
+moves (or a detailed reading, a noted artefact or a scan request names it): the sampler keeps its
+last reading and hands it over in the sample (``since``), which seeds the entry's series, and
+reports a sleeping process only while it has an entry (``tracked``). A host of 50,000 sleeping
+processes so costs a small table, not a full one churned every pass. When
 the table is full, an idle entry (no CPU since its last reading, nothing noted) is evicted
 first, oldest first: a flood of idle or nearly idle processes must never push out the busy or
 suspicious ones (every eviction is counted).
@@ -22,7 +23,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from agent.daemon.cpu_series import MAX_READINGS, CpuSeries
 from agent.detectors.behaviour import randomx_size
@@ -33,7 +34,6 @@ from agent.model import (
 
 _EVICT_SCAN = 256  # entries looked at (oldest first) for an idle one to evict
 _IDLE_CORES = 0.01
-_MAX_PENDING = 100_000  # last readings of processes without an entry (oldest dropped first)
 _MIN_LIMIT_CORES = 0.05  # a limit below this is not judged relative (a few ms per second say nothing)
 
 
@@ -95,8 +95,6 @@ class BehaviourModel:
         self.max_pids, self.max_cgroups = max_pids, max_cgroups
         self._clock = clock
         self._procs: OrderedDict[int, _Proc] = OrderedDict()  # least recently seen first
-        # Processes without an entry: PID -> (start ticks, t, cumulative CPU seconds) of the last reading.
-        self._pending: dict[int, tuple[int, float, float]] = {}
         self._cgroups: OrderedDict[str, _Cgroup] = OrderedDict()
         self._host: HostArtefacts | None = None
         self._host_changes: deque[tuple[float, str]] = deque(maxlen=32)
@@ -112,14 +110,16 @@ class BehaviourModel:
         if st is None or st.start_ticks != s.start_ticks:
             if st is not None:
                 del self._procs[s.pid]  # the pid was reused: the old history belongs to another process
-            seed = self._pending.get(s.pid)
-            moved = seed is not None and seed[0] == s.start_ticks and seed[1] < s.t and seed[2] < s.cpu_seconds_total
+            seed = s.since
+            moved = seed is not None and seed[0] < s.t and seed[1] < s.cpu_seconds_total
             detailed = s.hugetlb_kb is not None or s.cpu_limit is not None or s.anon_big_mappings_mb or s.msr_open
             if not (moved or detailed):  # idle (or first seen): no entry yet
-                self._remember(s.pid, (s.start_ticks, s.t, s.cpu_seconds_total))
                 self._advance(s.t)
                 return
         st = self._proc(s.pid, s.start_ticks, s.t)
+        if not st.series.readings and s.since is not None and s.since[0] < s.t:
+            st.series.add(*s.since, self.window_s)  # the reading before it moved (or was named)
+            st.first_seen = min(st.first_seen, s.since[0])
         st.last_seen = max(st.last_seen, s.t)
         st.series.add(s.t, s.cpu_seconds_total, self.window_s)
         st.threads = s.threads or st.threads
@@ -175,7 +175,6 @@ class BehaviourModel:
         self._proc(pid, start_ticks, t).scan_requested = True
 
     def forget(self, pid: int) -> None:
-        self._pending.pop(pid, None)
         if self._procs.pop(pid, None) is not None:
             self.forgotten += 1
 
@@ -238,6 +237,10 @@ class BehaviourModel:
     def __len__(self) -> int:
         return len(self._procs)
 
+    def tracked(self) -> Collection[int]:
+        """The pids with an entry (a live view): the idle processes the sampler is to report."""
+        return self._procs.keys()
+
     # ---------------------------------------------------------------- internals
 
     def _judge_cpu(self, s: CpuStats, limit: float | None) -> bool:
@@ -258,20 +261,10 @@ class BehaviourModel:
         if st is None:
             if len(self._procs) >= self.max_pids:
                 self._evict_one()
-            seed = self._pending.pop(pid, None)
-            if seed is not None and seed[0] == start_ticks and seed[1] < t:
-                st = self._procs[pid] = _Proc(start_ticks, seed[1])  # first seen: its last reading before it moved
-                st.series.add(seed[1], seed[2], self.window_s)
-            else:
-                st = self._procs[pid] = _Proc(start_ticks, t)
+            st = self._procs[pid] = _Proc(start_ticks, t)
         else:
             self._procs.move_to_end(pid)
         return st
-
-    def _remember(self, pid: int, reading: tuple[int, float, float]) -> None:
-        if pid not in self._pending and len(self._pending) >= _MAX_PENDING:
-            del self._pending[next(iter(self._pending))]
-        self._pending[pid] = reading
 
     def _evict_one(self) -> None:
         """Make room for one entry. First choice: the least recently seen entry known to be idle (two
@@ -323,8 +316,6 @@ class BehaviourModel:
         for pid in [p for p, st in self._procs.items() if st.last_seen < horizon]:
             del self._procs[pid]
             self.forgotten += 1
-        for pid in [p for p, (_, t, _) in self._pending.items() if t < horizon]:
-            del self._pending[pid]
         for cid in [c for c, cg in self._cgroups.items() if cg.last_seen < horizon]:
             del self._cgroups[cid]
         while self._host_changes and self._host_changes[0][0] < horizon:

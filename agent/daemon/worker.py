@@ -16,13 +16,13 @@ from collections.abc import Callable, Collection
 
 import structlog
 
+from agent.collectors.cpu_sampler import SampledPass
 from agent.config import Config
 from agent.daemon.bulk import UseRules
 from agent.daemon.parts import Parts, WorkerStats
 from agent.daemon.processes import Processes
 from agent.errors import MinerwatchError
 from agent.events import ContainerEvent, EventQueue, ExecEvent, FileScanned, MemoryScan, MemoryScanned, Reload
-from agent.model import ProcessCpuSample
 from agent.signatures import Signatures
 
 log = structlog.get_logger("minerwatch.worker")
@@ -51,7 +51,6 @@ class Worker:
                                    own_container=own_container)
         self.ready = threading.Event()
         self.heartbeat = clock()
-        self.listed: dict[int, int] = {}  # the previous pass's processes: PID -> start time (clock ticks)
 
     # ------------------------------------------------------------------ the thread
 
@@ -186,11 +185,10 @@ class Worker:
         cross = self.stats.scans % CROSSVIEW_EVERY == CROSSVIEW_EVERY - 1 and p.crossview is not None
         before = p.crossview.task_counters() if cross else None
         # Behaviour: one cheap stat read per process; details only for busy ones (see CpuSampler).
-        previous = self.listed
-        samples = self.note_listed(pids)
-        if cross:  # the samples' thread counts are the census: no second read of every stat
+        sampled = self.note_listed(pids)
+        if cross:  # the sampler's thread count is the census: no second read of every stat
             own = p.crossview.threads_of(self.processes.own_pid)
-            listed = sum(s.threads for s in samples) + own if own is not None else None
+            listed = sampled.threads + own if own is not None else None
             same = listed is not None and before is not None and p.crossview.task_counters() == before
             self.cross_view(census=(listed, before) if same else None)
         for sample in p.sampler.sample_cgroups(p.containers.cgroups()):
@@ -204,13 +202,13 @@ class Worker:
         born_before = p.snapshots.ticks_ago(young_s)
         for n, pid in enumerate(pids):
             # Young or suspicious: read whole. Untracked: read whole when new (missed by the connector,
-            # or none) or a reused PID; one listed as the same process in the previous pass (or the
-            # first scan) was read then (judged, and evicted from a full table or never kept): reading
-            # it again every pass would evict another. Its behaviour is still sampled above.
+            # or none) or a reused PID (``sampled.new``); one the sampler read as the same process in the
+            # previous pass (or the first scan) was read whole then (judged, and evicted from a full table
+            # or never kept): reading it again every pass would evict another. Its behaviour is sampled.
             if pid in p.tracker:
                 due = p.tracker.due(pid, born_before=born_before, pass_no=self.stats.scans)
             else:
-                due = (start := self.listed.get(pid)) is None or previous.get(pid) != start
+                due = pid in sampled.new
             if due:
                 self.processes.inspect_pid(pid)
             if n % (4 * SERVE_EVERY) == 4 * SERVE_EVERY - 1:
@@ -223,16 +221,17 @@ class Worker:
         self.stats.scan_seconds += elapsed
         self.stats.last_scan_seconds = elapsed
 
-    def note_listed(self, pids: list[int]) -> list[ProcessCpuSample]:
-        """Sample every process into the behaviour model and remember which were listed, as which process
-        (``listed``, PID -> start time: the next pass reads an untracked one whole only if it is not there).
-        At start too: the first pass then does not read again what the first scan judged and a full
-        tracker evicted (which, in PID order, evicted the next one, through the whole table)."""
-        samples = self.p.sampler.sample([pid for pid in pids if pid != self.processes.own_pid])
-        for sample in samples:
+    def note_listed(self, pids: list[int]) -> SampledPass:
+        """Sample every process and feed the behaviour model what it keeps (what moved, or has an entry).
+        The sampler remembers each process it read (PID and start time): the next pass reads an untracked
+        one whole only if it is new (``SampledPass.new``). At start too: the first pass then does not read
+        again what the first scan judged and a full tracker evicted (which, in PID order, evicted the
+        next one, through the whole table)."""
+        sampled = self.p.sampler.sample_pass([pid for pid in pids if pid != self.processes.own_pid],
+                                             report=self.p.behaviour.tracked())
+        for sample in sampled.samples:
             self.p.behaviour.observe(sample)
-        self.listed = {s.pid: s.start_ticks for s in samples}
-        return samples
+        return sampled
 
     def cross_view(self, census: tuple[int, tuple[int, int]] | None = None) -> None:
         """The process table through every view (``collectors/crossview.py``): each hidden process is judged
