@@ -392,3 +392,22 @@ def test_sampling_many_idle_processes_takes_the_cheap_path(spawn):
     samples = [x for x in sampler.sample(sorted(sleepers)) if x.pid in sleepers]
     assert len(samples) == 200
     assert all(x.hugetlb_kb is None and x.cpu_limit is None and x.per_thread_busy == () for x in samples)
+
+
+def test_a_shared_ancestor_quota_is_read_once_per_limit_epoch(tmp_path):
+    """Containers under one parent cgroup: each limit is the tightest of it and the parent, the parent's
+    quota read once per LIMIT_PASSES passes (not once per container), and a change seen after that."""
+    from agent.collectors.cpu_sampler import LIMIT_PASSES
+
+    sys_root = tmp_path / "sys"
+    _quota_v1(sys_root, "/docker", 150_000)  # 1.5 cores for all of docker
+    _quota_v1(sys_root, "/docker/a", 40_000)
+    _quota_v1(sys_root, "/docker/b", -1)
+    s = CpuSampler(tmp_path / "proc", sys_root)
+    assert s.cgroup_limit("v1", "/docker/a") == 0.4
+    _quota_v1(sys_root, "/docker", 100_000)  # docker update of the parent: counts from the next epoch
+    assert s.cgroup_limit("v1", "/docker/b") == (1.5 if os.cpu_count() > 1.5 else None)
+    for _ in range(LIMIT_PASSES):
+        s.sample_pass([])
+    assert s.cgroup_limit("v1", "/docker/b") == (1.0 if os.cpu_count() > 1 else None)
+    assert s.cgroup_limit("v1", "/docker/a") == 0.4

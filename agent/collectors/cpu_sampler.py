@@ -145,6 +145,7 @@ class CpuSampler:
         self._prev: dict[int, _Prev] = {}
         self._cgroup_layout: tuple[tuple[str, str], ...] | None = None
         self._limits: dict[tuple[str, str], float | None] = {}  # (kind, cgroup path) -> cores; LIMIT_PASSES
+        self._quotas: dict[str, float | None] = {}  # cgroup directory -> its own quota (shared ancestors read once)
         self.vanished = 0  # pids gone before or during their read
         self.denied = 0  # pids whose stat could not be read for another reason
         self.partial = 0  # detail fields that could not be read
@@ -167,7 +168,7 @@ class CpuSampler:
         prev, self._prev = self._prev, {}
         self._passes += 1
         if self._passes % LIMIT_PASSES == 0:
-            self._limits = {}
+            self._limits, self._quotas = {}, {}
         clock, root, keep = self._clock, self.proc_root, self._prev
         for pid in pids:
             try:
@@ -296,11 +297,15 @@ class CpuSampler:
             rel = "/".join(parts[:depth])
             for sub in subs:
                 base = f"{self._cgroup_fs}/{sub}/{rel}" if sub else f"{self._cgroup_fs}/{rel}"
-                try:
-                    q = (parse_quota(kind, read_once(f"{base}/cpu.cfs_quota_us"), read_once(f"{base}/cpu.cfs_period_us"))
-                         if kind == "v1" else parse_quota(kind, read_once(f"{base}/cpu.max")))
-                except (OSError, ValueError):
-                    continue
+                if base in self._quotas:
+                    q = self._quotas[base]
+                else:
+                    try:
+                        q = (parse_quota(kind, read_once(f"{base}/cpu.cfs_quota_us"), read_once(f"{base}/cpu.cfs_period_us"))
+                             if kind == "v1" else parse_quota(kind, read_once(f"{base}/cpu.max")))
+                    except (OSError, ValueError):
+                        continue
+                    self._quotas[base] = q
                 if q is not None:
                     best = min(best, q)
                 break

@@ -89,30 +89,30 @@ NO_STAT = Stat("", "", 0, 0, 0, 0, 0, 0)  # what an unreadable stat leaves
 
 def stat_counters(raw: bytes) -> tuple[int, int, int]:
     """(utime + stime, num_threads, start_ticks) of a ``/proc/PID/stat`` line, as ``parse_stat`` reads them
-    but without the comm: the CPU sampler's read of every process every pass. ValueError when malformed."""
-    rpar = raw.rfind(b")")
-    if rpar < 0 or raw.find(b"(") < 0:
-        raise ValueError("no (comm) in stat")
-    rest = raw[rpar + 2:].split()
-    if len(rest) < 20:
-        raise ValueError("stat too short")
+    but without decoding the comm: the CPU sampler's read of every process every pass."""
+    rest = _after_comm(raw)[1]
     return int(rest[11]) + int(rest[12]), int(rest[17]), int(rest[19])
 
 
 def parse_stat(raw: bytes | str) -> Stat:
     """The fields of a ``/proc/PID/stat`` line; ValueError when it is malformed (or cut short).
 
-    ``comm`` may hold spaces and ``)``, so the fields after it are found from the last ``)``;
-    it is decoded like all kernel text (``decode``); the numbers are split from the bytes as they are.
+    ``comm`` is decoded like all kernel text (``decode``); the numbers are split from the bytes as they are.
     """
+    comm, rest = _after_comm(raw)
+    # rest[0] is field 3 (state): field N is rest[N - 3].
+    state = rest[0]
+    return Stat(decode(comm) if isinstance(comm, bytes) else comm, decode(state) if isinstance(state, bytes) else state,
+                int(rest[1]), int(rest[6]), int(rest[11]), int(rest[12]), int(rest[17]), int(rest[19]))
+
+
+def _after_comm(raw):
+    """(comm, the fields after it) of a stat line: ``comm`` may hold spaces and ``)``, so the fields are
+    found from the last ``)``. ValueError when the line is malformed (or cut short)."""
     lpar, rpar = raw.find("(" if isinstance(raw, str) else b"("), raw.rfind(")" if isinstance(raw, str) else b")")
     if lpar < 0 or rpar < lpar:
         raise ValueError("no (comm) in stat")
     rest = raw[rpar + 2:].split()
     if len(rest) < 20:
         raise ValueError("stat too short")
-    comm = raw[lpar + 1:rpar]
-    # rest[0] is field 3 (state): field N is rest[N - 3].
-    state = rest[0]
-    return Stat(decode(comm) if isinstance(comm, bytes) else comm, decode(state) if isinstance(state, bytes) else state,
-                int(rest[1]), int(rest[6]), int(rest[11]), int(rest[12]), int(rest[17]), int(rest[19]))
+    return raw[lpar + 1:rpar], rest
