@@ -317,6 +317,26 @@ def test_a_reload_swaps_judge_and_rules_in_one_place_and_keeps_the_responder(tmp
     assert rig.reloads[-1].startswith("reload failed") and "agent.interval" in rig.reloads[-1]
 
 
+def test_events_waiting_are_served_while_the_pass_samples(tmp_path, spawn, helper_bins, fake_pool):
+    """An exec event that arrives as a periodic pass begins is judged during the pass's CPU sampling
+    (every ``between_every`` processes), not after it: at 50,000 processes the sampling alone is ~0.5 s."""
+    rig = Rig(tmp_path)
+    p = start_miner(spawn, helper_bins, fake_pool)
+    judged_by_end_of_sampling = []
+
+    class Recording(CpuSampler):
+        def sample_pass(self, *args, **kw):
+            out = super().sample_pass(*args, **kw)
+            judged_by_end_of_sampling.append(bool(rig.findings_for(p.pid)))
+            return out
+
+    rig.parts.sampler = Recording(clock=rig.clock, between_every=4)
+    assert len(rig.parts.snapshots.pids()) > 8
+    rig.queue.put(ExecEvent(p.pid))
+    rig.worker.periodic()
+    assert judged_by_end_of_sampling == [True] and rig.stats.events["ExecEvent"] == 1
+
+
 def test_a_full_tracker_evicts_the_least_suspicious_and_still_judges(tmp_path, spawn, helper_bins, fake_pool):
     """At the limit a new process is still judged and tracked; an evidence-free entry is evicted
     (counted), never the one with evidence."""

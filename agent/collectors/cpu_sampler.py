@@ -41,6 +41,7 @@ MAPS_MIN_KB = 200 << 10  # a light read looks at maps only with this much RSS or
 LIMIT_SHARE = 0.75  # a process using this share of its CPU limit gets the full detailed read
 MAX_CGROUP_DEPTH = 16
 LIMIT_PASSES = 6  # cgroup CPU limits are read again every this many passes (``sample`` calls)
+BETWEEN_EVERY = 512  # pids read between two calls of a pass's ``between`` (about 5 ms; ``between_every``)
 NCPU = os.cpu_count() or 1
 _SMALL = 1 << 16  # status, cpu.stat: a few KiB
 _VANISHED = (errno.ENOENT, errno.ESRCH)
@@ -136,8 +137,9 @@ class CpuSampler:
     """Reads behaviour samples; ``proc_root``/``sys_root`` are ``/host/proc``/``/host/sys`` in a container."""
 
     def __init__(self, proc_root: Path = Path("/proc"), sys_root: Path = Path("/sys"), *, detail_core: float = 0.5,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, between_every: int = BETWEEN_EVERY) -> None:
         self.proc_root, self.sys_root = Path(proc_root), Path(sys_root)
+        self.between_every = max(1, between_every)
         self._cgroup_fs = f"{self.sys_root}/fs/cgroup"
         self._passes = 0
         self.detail_core = detail_core
@@ -158,19 +160,22 @@ class CpuSampler:
         return self.sample_pass(pids, detail).samples
 
     def sample_pass(self, pids: Iterable[int], detail: Collection[int] = (),
-                    report: Collection[int] | None = None) -> SampledPass:
+                    report: Collection[int] | None = None, between: Callable[[], None] | None = None) -> SampledPass:
         """Read every pid once: a moving one (and one in ``detail``) in detail, with the previous reading
         in the sample (``since``). ``report``: the idle processes to give a sample for (None: all); a
         process that moved or was read in detail is always reported, so a caller that keeps entries only
         for those (the behaviour model) passes the pids it has entries for, and a sleeping process costs
-        one read and one tuple a pass."""
+        one read and one tuple a pass. ``between``: called every ``between_every`` pids (the daemon serves
+        its waiting events there; it must not sample)."""
         out = SampledPass()
         prev, self._prev = self._prev, {}
         self._passes += 1
         if self._passes % LIMIT_PASSES == 0:
             self._limits, self._quotas = {}, {}
-        clock, root, keep = self._clock, self.proc_root, self._prev
-        for pid in pids:
+        clock, root, keep, every = self._clock, self.proc_root, self._prev, self.between_every
+        for n, pid in enumerate(pids):
+            if between is not None and n % every == every - 1:
+                between()
             try:
                 t = clock()
                 ticks, threads, start = stat_counters(read_once(f"{root}/{pid}/stat"))  # the cheap path's only syscalls

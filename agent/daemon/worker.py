@@ -186,11 +186,13 @@ class Worker:
         before = p.crossview.task_counters() if cross else None
         # Behaviour: one cheap stat read per process; details only for busy ones (see CpuSampler).
         sampled = self.note_listed(pids)
+        self.serve_waiting()
         if cross:  # the sampler's thread count is the census: no second read of every stat
             own = p.crossview.threads_of(self.processes.own_pid)
             listed = sampled.threads + own if own is not None else None
             same = listed is not None and before is not None and p.crossview.task_counters() == before
             self.cross_view(census=(listed, before) if same else None)
+            self.serve_waiting()
         for sample in p.sampler.sample_cgroups(p.containers.cgroups()):
             p.behaviour.observe_cgroup(sample)
         p.behaviour.observe_host(p.sampler.host_artefacts())
@@ -228,7 +230,7 @@ class Worker:
         again what the first scan judged and a full tracker evicted (which, in PID order, evicted the
         next one, through the whole table)."""
         sampled = self.p.sampler.sample_pass([pid for pid in pids if pid != self.processes.own_pid],
-                                             report=self.p.behaviour.tracked())
+                                             report=self.p.behaviour.tracked(), between=self.serve_waiting)
         for sample in sampled.samples:
             self.p.behaviour.observe(sample)
         return sampled
