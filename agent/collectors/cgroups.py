@@ -122,7 +122,7 @@ def container_from_path(path: str) -> tuple[str, str]:
     return cid, runtime
 
 
-def _lines(text: str) -> list[tuple[str, str]]:
+def lines(text: str) -> list[tuple[str, str]]:
     """``(controllers, path)`` for each well-formed ``id:controllers:path`` line."""
     out = []
     for line in text.splitlines():
@@ -151,16 +151,16 @@ def parse_cgroup(text: str) -> tuple[str, str, str]:
     Host processes give ``("", "", path)``; the path is the cgroup v2 one when present,
     else the v1 ``name=systemd`` one, else the first. Malformed text gives ``("", "", "")``.
     """
-    lines = sorted(_lines(text), key=lambda cp: _preference(cp[0]))
-    for _controllers, path in lines:
+    ordered = sorted(lines(text), key=lambda cp: _preference(cp[0]))
+    for _controllers, path in ordered:
         cid, runtime = container_from_path(path)
         if cid:
             return cid, runtime, path
     # A v2 line of "/" next to real v1 lines (hybrid mode) says less than the v1 ones.
-    for _controllers, path in lines:
+    for _controllers, path in ordered:
         if path != "/":
             return "", "", path
-    return ("", "", lines[0][1]) if lines else ("", "", "")
+    return ("", "", ordered[0][1]) if ordered else ("", "", "")
 
 
 @functools.lru_cache(maxsize=4096)
@@ -171,7 +171,7 @@ def cgroup_claim(text: str) -> str:
     container (a hand-made cgroup on one hierarchy) claims that id.
     """
     cid = parse_cgroup(text)[0]
-    for _controllers, path in sorted(_lines(text), key=lambda cp: _preference(cp[0])):
+    for _controllers, path in sorted(lines(text), key=lambda cp: _preference(cp[0])):
         claim = classify_path(path)[2]
         if claim and claim != cid:
             return claim

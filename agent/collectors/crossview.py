@@ -41,7 +41,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from agent.collectors import proclist
+from agent.collectors import cgroup_procs, proclist
 from agent.collectors.confined import Refused, open_beneath
 from agent.collectors.procparse import decode
 from agent.collectors.procread import parse_stat, read_bounded, read_once
@@ -49,8 +49,6 @@ from agent.model import FileSnapshot, Hashes
 
 PROBE_SLICE = 4096  # /proc/N probed per run
 MAX_CGROUPS = 20_000  # cgroup directories walked per run
-MAX_CGROUP_DEPTH = 32
-MAX_PROCS_BYTES = 4 << 20  # one cgroup.procs read at most
 MAX_PRELOAD_BYTES = 16 << 10
 PRELOAD_PATH = "/etc/ld.so.preload"
 _HIERARCHIES = ("", "unified", "pids", "cpu", "cpu,cpuacct", "systemd")  # the first with a cgroup.procs at its top
@@ -108,35 +106,12 @@ class CrossView:
                 except OSError:
                     continue
                 found: set[int] = set()
-                self._walk(fd, found, [0], 0)
+                if not cgroup_procs.walk(fd, found, self.max_cgroups):
+                    self.cgroups_truncated += 1
                 return found
             finally:
                 os.close(fd)
         return None
-
-    def _walk(self, fd: int, found: set[int], walked: list[int], depth: int) -> None:
-        walked[0] += 1
-        if walked[0] > self.max_cgroups:
-            if walked[0] == self.max_cgroups + 1:
-                self.cgroups_truncated += 1
-            return
-        try:
-            raw = read_bounded("cgroup.procs", dir_fd=fd, limit=MAX_PROCS_BYTES)
-            found.update(int(x) for x in raw.split() if x.isdigit())
-            subdirs = [name for _ino, t, name in proclist.getdents(fd) if t in (proclist.DT_DIR, proclist.DT_UNKNOWN)]
-        except OSError:  # removed while walked: its processes are in another one now
-            return
-        if depth >= MAX_CGROUP_DEPTH:
-            return
-        for name in subdirs:
-            try:
-                sub = os.open(name, _DIR_FLAGS, dir_fd=fd)
-            except OSError:  # gone, or not a directory (DT_UNKNOWN)
-                continue
-            try:
-                self._walk(sub, found, walked, depth + 1)
-            finally:
-                os.close(sub)
 
     def pid_max(self) -> int:
         try:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import structlog
 
-from agent.collectors import cgroups, minerconfig, netns, proclist
+from agent.collectors import cgroup_procs, cgroups, minerconfig, netns, proclist
 from agent.collectors.confined import Refused, open_regular
 from agent.collectors.hashing import SETTLE_NS, HashCache, hash_fd, hash_process_exe
 from agent.collectors.memread import is_loader, loader_program
@@ -49,6 +49,7 @@ log = structlog.get_logger("minerwatch.procfs")
 
 PF_KTHREAD = 0x00200000
 DEFAULT_MAX_EXE_BYTES = 128 << 20
+CONTAINER_CGROUPS = 1000  # cgroups of one container walked to find its processes (more: every process is read)
 
 Progress = Callable[[int, int], None]
 
@@ -120,9 +121,12 @@ class ProcfsCollector:
     def __init__(self, proc_root: Path | str = Path("/proc"), hash_cache: HashCache | None = None,
                  max_exe_bytes: int = DEFAULT_MAX_EXE_BYTES, *, env_names: Iterable[str] = frozenset(),
                  hash_exe: bool = True, find_config: bool = True, max_config_bytes: int = minerconfig.MAX_CONFIG_BYTES,
-                 clock: Callable[[], float] = time.monotonic, wall_ns: Callable[[], int] = time.time_ns) -> None:
+                 clock: Callable[[], float] = time.monotonic, wall_ns: Callable[[], int] = time.time_ns,
+                 cgroup_root: str = "/sys/fs/cgroup") -> None:
         self.proc_root = Path(proc_root)
         self._root = os.fspath(self.proc_root)
+        self.cgroup_root = os.fspath(cgroup_root)
+        self._v2: bool | None = None
         self.hash_cache = hash_cache if hash_cache is not None else HashCache()
         self.max_exe_bytes = max_exe_bytes
         self.env_names = frozenset(env_names)
@@ -141,9 +145,28 @@ class ProcfsCollector:
         (``proclist``), so a preload library filtering libc's ``readdir`` hides none from us."""
         return proclist.pids(self._root)
 
-    def container_pids(self, container_id: str) -> list[int]:
-        """PIDs whose cgroup names ``container_id``: one small read per process, no snapshots."""
+    def container_pids(self, container_id: str, leader: int = 0) -> list[int]:
+        """PIDs whose cgroup names ``container_id``, ascending. With ``leader`` (a process of it: Docker's
+        ``State.Pid``), the PIDs in the container's cgroup subtree on the host (its ``cgroup.procs``
+        files), each then checked by its own ``/proc/PID/cgroup`` like any other: a container start costs
+        reads of its own processes, not of every process on the host. Without, or when its subtree
+        cannot be read, every process is read (one small read each)."""
+        if leader > 0 and self.container_of(leader) == container_id:
+            try:
+                text = decode(read_bounded(f"{self._root}/{leader}/cgroup", limit=65536))
+            except OSError:
+                text = ""
+            for rel in cgroup_procs.container_dirs(text, container_id, self._v2_only()):
+                found = cgroup_procs.pids_under(self.cgroup_root, rel, CONTAINER_CGROUPS)
+                if found is not None and leader in found:
+                    return sorted(pid for pid in found if self.container_of(pid) == container_id)
         return [pid for pid in self.pids() if self.container_of(pid) == container_id]
+
+    def _v2_only(self) -> bool:
+        """The unified hierarchy alone is mounted at ``cgroup_root`` (cgroup v2), not v1 with ``unified`` beside."""
+        if self._v2 is None:
+            self._v2 = os.path.exists(os.path.join(self.cgroup_root, "cgroup.controllers"))
+        return self._v2
 
     def container_of(self, pid: int) -> str | None:
         """The container id in ``pid``'s cgroup ("" on the host); None when it is gone or unreadable

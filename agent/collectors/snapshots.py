@@ -53,8 +53,8 @@ class SnapshotCollector:
     def pids(self) -> list[int]:
         return self.procfs.pids()
 
-    def container_pids(self, container_id: str) -> list[int]:
-        return self.procfs.container_pids(container_id)
+    def container_pids(self, container_id: str, leader: int = 0) -> list[int]:
+        return self.procfs.container_pids(container_id, leader)
 
     def container_of(self, pid: int) -> str | None:
         """The container id of ``pid`` from its cgroup ("" on the host; None: gone or unreadable)."""

@@ -134,7 +134,8 @@ class Worker:
         """Judge every process of a container now (a start event may come before its exec events);
         a container none of whose processes can be read yet is judged on its own."""
         found = False
-        for pid in self.p.snapshots.container_pids(container_id):
+        info = self.p.containers.get(container_id)
+        for pid in self.p.snapshots.container_pids(container_id, info.pid if info is not None else 0):
             found |= self.processes.inspect_pid(pid, in_container=container_id)
         if not found:
             self.judge_container(container_id)
