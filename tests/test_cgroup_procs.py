@@ -3,7 +3,6 @@ on fake cgroupfs and /proc trees, and on a real container beside the full read o
 
 from __future__ import annotations
 
-
 import pytest
 
 from agent.collectors import cgroup_procs
