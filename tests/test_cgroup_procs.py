@@ -44,13 +44,13 @@ def fake_host(tmp_path, members: dict[str, list[int]], cgroup_of: dict[int, str]
 
 
 class Counting(ProcfsCollector):
-    """Counts the per-process cgroup reads (what the full scan does for every process)."""
+    """Counts the reads of ``/proc/PID/cgroup`` (what the full scan does for every process)."""
 
     reads = 0
 
-    def container_of(self, pid: int):
+    def _cgroup_text(self, pid: int):
         self.reads += 1
-        return super().container_of(pid)
+        return super()._cgroup_text(pid)
 
 
 def test_a_containers_processes_come_from_its_subtree_and_each_is_checked(tmp_path):

@@ -151,11 +151,8 @@ class ProcfsCollector:
         files), each then checked by its own ``/proc/PID/cgroup`` like any other: a container start costs
         reads of its own processes, not of every process on the host. Without, or when its subtree
         cannot be read, every process is read (one small read each)."""
-        if leader > 0 and self.container_of(leader) == container_id:
-            try:
-                text = decode(read_bounded(f"{self._root}/{leader}/cgroup", limit=65536))
-            except OSError:
-                text = ""
+        text = self._cgroup_text(leader) if leader > 0 else None
+        if text is not None and cgroups.parse_cgroup(text)[0] == container_id:
             for rel in cgroup_procs.container_dirs(text, container_id, self._v2_only()):
                 found = cgroup_procs.pids_under(self.cgroup_root, rel, CONTAINER_CGROUPS)
                 if found is not None and leader in found:
@@ -171,13 +168,15 @@ class ProcfsCollector:
     def container_of(self, pid: int) -> str | None:
         """The container id in ``pid``'s cgroup ("" on the host); None when it is gone or unreadable
         (not attributable now: the periodic scan retries)."""
-        if pid <= 0:
-            return None
+        text = self._cgroup_text(pid) if pid > 0 else None
+        return cgroups.parse_cgroup(text)[0] if text is not None else None
+
+    def _cgroup_text(self, pid: int) -> str | None:
+        """``/proc/PID/cgroup`` as text; None when the process is gone or it cannot be read."""
         try:
-            text = decode(read_bounded(f"{self._root}/{pid}/cgroup", limit=65536))
+            return decode(read_bounded(f"{self._root}/{pid}/cgroup", limit=65536))
         except OSError:
             return None
-        return cgroups.parse_cgroup(text)[0]
 
     def begin_sweep(self) -> None:
         """Forget per-sweep caches (network tables); ``snapshot_all`` calls it itself."""
