@@ -147,3 +147,24 @@ def test_an_incident_that_grows_is_alerted_again():
         if expected:
             d.record(alert)
 
+
+
+def test_a_file_with_new_content_is_alerted_again_up_to_a_bound():
+    """A file inspected while it was written and again once closed has another sha256: alerted again, so
+    the SOC gets the final hash; the same content again is a repeat; past MAX_PROCESS_FACETS contents of one
+    incident, another is no news (a file rewritten in a loop does not flood the alerts)."""
+    from agent.sinks.dedupe import MAX_PROCESS_FACETS
+
+    d = Dedupe(None, 3600, clock=Clock())
+    base = {k: v for k, v in make_alert(1).items() if k != "process"}
+
+    def with_hash(n: int) -> dict:
+        return {**base, "file": {"path": "/tmp/x", "size": 10, "hash": {"sha256": f"{n:064x}"}}}
+
+    assert d.check(with_hash(0)) is True
+    d.record(with_hash(0))
+    assert d.check(with_hash(0)) is False
+    for n in range(1, MAX_PROCESS_FACETS):
+        assert d.check(with_hash(n)) is True, n
+        d.record(with_hash(n))
+    assert d.check(with_hash(MAX_PROCESS_FACETS)) is False

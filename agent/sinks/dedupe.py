@@ -3,7 +3,9 @@
 A repeat of an incident already alerted within ``window`` seconds is suppressed unless its
 severity rose, its response (action, result) changed, or it gained something the SOC has not
 been told: a new kind of subject (the file now runs as a process, a new process, a container),
-a new signal kind (a pool connection, a memory YARA hit) or a new peer. The window runs from
+a new signal kind (a pool connection, a memory YARA hit), a new peer, or new content of its file
+(another sha256: a file inspected as it was being written, then again when it was closed, is reported
+with its final hash; more than ``MAX_PROCESS_FACETS`` contents of one incident are no news). The window runs from
 the last alert sent, so a miner that keeps running is reported again once per window.
 
 State is kept in memory (bounded: expired entries go first, then the oldest) and in an
@@ -49,16 +51,19 @@ def facets(alert: dict) -> frozenset:
             out.add(kind)
     if (pid := alert.get("process", {}).get("pid")) is not None:
         out.add(f"pid:{pid}")
+    if sha256 := alert.get("file", {}).get("hash", {}).get("sha256"):
+        out.add(f"sha256:{sha256}")
     if (dest := alert.get("destination")) and (dest.get("ip") or dest.get("domain")):
         out.add(f"peer:{dest.get('ip') or dest.get('domain')}:{dest.get('port', '')}")
     return frozenset(out)
 
 
 def _news(new: frozenset, seen: frozenset) -> frozenset:
-    """Facets not told yet; past MAX_PROCESS_FACETS PIDs, another PID alone is no news."""
+    """Facets not told yet; past MAX_PROCESS_FACETS PIDs (or file contents), another one alone is no news."""
     fresh = new - seen
-    if sum(1 for f in seen if f.startswith("pid:")) >= MAX_PROCESS_FACETS:
-        fresh = frozenset(f for f in fresh if not f.startswith("pid:"))
+    for prefix in ("pid:", "sha256:"):
+        if sum(1 for f in seen if f.startswith(prefix)) >= MAX_PROCESS_FACETS:
+            fresh = frozenset(f for f in fresh if not f.startswith(prefix))
     return fresh
 
 
